@@ -1,0 +1,36 @@
+# Thresher: `make demo` and `make test` set everything up on a fresh machine with Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+THRESHER_HOME ?= $(CURDIR)/.thresher
+DEMO_ROWS ?= 10000
+DEMO_SEED ?= 0
+export THRESHER_HOME
+
+.PHONY: install demo test lint ui clean
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install  ## generate the demo corpus, run every stage through Dagster, print counts
+	$(BIN)/thresher demo-corpus --rows $(DEMO_ROWS) --seed $(DEMO_SEED)
+	$(BIN)/thresher ingest $(THRESHER_HOME)/demo-corpus/files
+	$(BIN)/thresher status
+
+test: install  ## the whole test suite
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+ui: install  ## the Dagster UI on http://127.0.0.1:3000 with the demo's runs, assets and checks
+	$(BIN)/thresher ui --port 3000
+
+clean:
+	rm -rf $(THRESHER_HOME)

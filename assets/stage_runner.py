@@ -1,0 +1,286 @@
+"""What every stage asset does around its curation call, written once.
+
+An asset body reads its input, calls the curation library and hands the ``StageResult`` to
+``StageRun.write``; this module opens the store, emits the OpenLineage START/COMPLETE/FAIL events,
+writes kept rows, ledger and side tables, and turns the counts into materialization metadata.
+It also builds each stage's two checks: conservation (recounted from the stored tables) and the
+stage's Great Expectations suite. Both are blocking: an ERROR stops the batch going downstream.
+"""
+
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from pipelines.resources import REPO_ROOT, ThresherResource
+from thresher import store as st
+from thresher.cleaning import redact_preview
+from thresher.config import DatasetConfig
+from thresher.lineage import DatasetRef, schema_of
+from thresher.lineage import StageRun as LineageRun
+from thresher.quality import quality_view, validate
+from thresher.stage import StageResult
+
+# Partitioned asset checks are a preview feature of Dagster 1.13; they are what lets each batch's
+# checks run with the batch and block only that batch downstream.
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+EXPECTATIONS_DIR = REPO_ROOT / "expectations"
+CONFIG_SECTION = {
+    "raw": "ingest",
+    "deduped": "dedup",
+    "cleaned": "clean",
+    "synthetic": "synthesis",
+    "verified": "verify",
+    "formatted": "format",
+}
+SAMPLE_ROWS = 5
+
+
+def stage_config(thresher: ThresherResource, stage: str, overrides: dg.Config) -> DatasetConfig:
+    """The dataset configuration with this run's launchpad overrides merged into the stage's section."""
+    return thresher.dataset_config().with_overrides(
+        CONFIG_SECTION[stage], overrides.model_dump(exclude_none=True)
+    )
+
+
+def batch_of(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
+    return context.partition_key if context.has_partition_key else st.RELEASE_BATCH
+
+
+@dataclass
+class StageRun:
+    """One stage over one batch, with an open store connection."""
+
+    context: dg.AssetExecutionContext
+    thresher: ThresherResource
+    stage: str
+    config: DatasetConfig
+    con: duckdb.DuckDBPyConnection
+    batch: str
+    lineage: LineageRun
+    inputs: list[DatasetRef] = field(default_factory=list)
+
+    def read(self, table: str, *, all_batches: bool = False) -> pl.DataFrame:
+        """Records of ``table`` for this batch (or every batch), in a stable order."""
+        if not st.table_exists(self.con, table):
+            raise LookupError(f"table {table} does not exist yet: materialize {table} first")
+        where = {} if all_batches else {"batch": self.batch}
+        frame = st.read_table(self.con, table, where, order_by="batch, source_line, record_id")
+        self.lineage.inputs.append(DatasetRef(table, schema_of(frame), frame.height))
+        return frame
+
+    def write(self, result: StageResult) -> dg.MaterializeResult:
+        section = CONFIG_SECTION[self.stage]
+        section_config = self.config.model_dump(mode="json")[section]
+        written = st.write_stage(
+            self.con,
+            self.stage,
+            self.batch,
+            self.context.run_id,
+            result,
+            config=section_config,
+            config_fingerprint=self.config.fingerprint(),
+        )
+        kept = result.kept
+        self.lineage.outputs = [
+            DatasetRef(self.stage, schema_of(kept), kept.height),
+            DatasetRef("rejections", {}, written.rejected),
+            *(DatasetRef(name, schema_of(t), t.height) for name, t in result.tables.items()),
+        ]
+        self.context.log.info(
+            f"{self.stage}[{self.batch}]: {written.rows_in} in, {written.created} created, "
+            f"{written.kept} kept, {written.rejected} rejected {written.rejected_by_rule}"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": dg.MetadataValue.int(kept.height),
+                "dagster/column_schema": _table_schema(kept),
+                "rows_in": dg.MetadataValue.int(written.rows_in),
+                "created": dg.MetadataValue.int(written.created),
+                "kept": dg.MetadataValue.int(written.kept),
+                "rejected": dg.MetadataValue.int(written.rejected),
+                "rejections_by_rule": _rejections_table(result.rejected),
+                "sample": _sample_table(kept),
+                "counters": dg.MetadataValue.json(result.counters),
+                "config": dg.MetadataValue.json(section_config),
+                "config_fingerprint": dg.MetadataValue.text(self.config.fingerprint()),
+                "lineage_run_id": dg.MetadataValue.text(self.lineage.run_id),
+            }
+        )
+
+
+@contextmanager
+def stage_run(
+    context: dg.AssetExecutionContext, thresher: ThresherResource, stage: str, config: DatasetConfig
+) -> Iterator[StageRun]:
+    """Open the store and the lineage run for one stage materialization."""
+    batch = batch_of(context)
+    with (
+        thresher.store().connect() as con,
+        thresher.lineage.stage_run(
+            f"thresher.{stage}", parent_run_id=context.op_execution_context.run_id, parent_job_name=context.job_name, inputs=[]
+        ) as lineage,
+    ):
+        yield StageRun(context, thresher, stage, config, con, batch, lineage)
+
+
+# --- metadata ---------------------------------------------------------------------------------------
+
+
+def _table_schema(frame: pl.DataFrame) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+
+
+def _rejections_table(rejected: pl.DataFrame) -> dg.MetadataValue:
+    by_rule = (
+        rejected.group_by("rule")
+        .agg(pl.len().alias("count"), pl.col("record_id").sort().head(3).str.join(", ").alias("examples"))
+        .sort("count", "rule", descending=[True, False])
+    )
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(row) for row in by_rule.to_dicts()],
+        schema=dg.TableSchema(
+            columns=[
+                dg.TableColumn("rule", "string"),
+                dg.TableColumn("count", "int"),
+                dg.TableColumn("examples", "string", description="first record ids; `thresher trace ID`"),
+            ]
+        ),
+    )
+
+
+def _sample_table(kept: pl.DataFrame) -> dg.MetadataValue:
+    """A few records with PII-redacted previews: metadata is shown to anyone who opens the UI."""
+    sample = quality_view(kept.head(SAMPLE_ROWS)).select(
+        "record_id",
+        "task",
+        pl.concat_str(["source_file", pl.lit(":"), pl.col("source_line").cast(pl.String)]).alias("source"),
+        redact_preview(pl.col("content")).alias("preview"),
+    )
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(row) for row in sample.to_dicts()],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in sample.columns]),
+    )
+
+
+# --- checks -----------------------------------------------------------------------------------------
+
+
+def stage_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
+    """The conservation and expectation-suite checks of one stage asset."""
+    stage = asset.key.to_user_string()
+    partitions_def = asset.partitions_def
+    suite_path = EXPECTATIONS_DIR / f"{stage}.json"
+
+    @dg.asset_check(
+        asset=asset,
+        name="conservation",
+        blocking=True,
+        partitions_def=partitions_def,
+        description="Every record that entered the stage is kept or in the rejection ledger "
+        "(rows in + created = kept + rejected), recounted from the stored tables.",
+    )
+    def conservation_check(
+        context: dg.AssetCheckExecutionContext, thresher: ThresherResource
+    ) -> dg.AssetCheckResult:
+        batch = batch_of(context)
+        with thresher.store().connect() as con:
+            balance = st.conservation(con, stage, batch)
+            metadata = {
+                "rows_in": balance.rows_in,
+                "created": balance.created,
+                "kept": balance.kept,
+                "rejected": balance.rejected,
+                "balance": balance.describe(),
+            }
+            st.record_check(
+                con,
+                stage=stage,
+                batch=batch,
+                check_name="conservation",
+                passed=balance.holds,
+                severity="ERROR",
+                description=balance.describe(),
+                metadata=metadata,
+                run_id=context.op_execution_context.run_id,
+            )
+        return dg.AssetCheckResult(
+            passed=balance.holds, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata
+        )
+
+    @dg.asset_check(
+        asset=asset,
+        name="expectations",
+        blocking=True,
+        partitions_def=partitions_def,
+        description=f"Great Expectations suite expectations/{suite_path.name}: critical expectations "
+        "are ERROR (block downstream), warning expectations are WARN.",
+    )
+    def expectations_check(
+        context: dg.AssetCheckExecutionContext, thresher: ThresherResource
+    ) -> dg.AssetCheckResult:
+        batch = batch_of(context)
+        with thresher.store().connect() as con:
+            where = {} if batch == st.RELEASE_BATCH else {"batch": batch}
+            records = st.read_table(con, stage, where)
+            outcome = validate(records, suite_path)
+            severity = (
+                dg.AssetCheckSeverity.ERROR if outcome.critical_failures else dg.AssetCheckSeverity.WARN
+            )
+            failures = [
+                {
+                    "expectation": o.expectation,
+                    "column": o.column or "",
+                    "severity": o.severity,
+                    "unexpected_count": o.unexpected_count,
+                    "failing_record_ids": ", ".join(o.failing_record_ids),
+                }
+                for o in outcome.failures
+            ]
+            metadata = {
+                "suite": outcome.suite,
+                "evaluated_expectations": len(outcome.outcomes),
+                "failed_expectations": len(failures),
+                "failures": failures,
+            }
+            st.record_check(
+                con,
+                stage=stage,
+                batch=batch,
+                check_name="expectations",
+                passed=outcome.success,
+                severity=severity.value,
+                description=f"{len(outcome.outcomes) - len(failures)}/{len(outcome.outcomes)} expectations met",
+                metadata=metadata,
+                run_id=context.op_execution_context.run_id,
+            )
+        return dg.AssetCheckResult(
+            passed=outcome.success,
+            severity=severity,
+            description=f"{len(failures)} of {len(outcome.outcomes)} expectations failed"
+            if failures
+            else None,
+            metadata={
+                "suite": dg.MetadataValue.text(outcome.suite),
+                "evaluated_expectations": dg.MetadataValue.int(len(outcome.outcomes)),
+                "failures": _failures_table(failures),
+            },
+        )
+
+    return [conservation_check, expectations_check]
+
+
+def _failures_table(failures: list[dict[str, object]]) -> dg.MetadataValue:
+    columns = ["expectation", "column", "severity", "unexpected_count", "failing_record_ids"]
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(f) for f in failures],
+        schema=dg.TableSchema(
+            columns=[dg.TableColumn(c, "int" if c == "unexpected_count" else "string") for c in columns]
+        ),
+    )

@@ -1,0 +1,1 @@
+"""Orchestration: Dagster definitions, resources, jobs, schedules, sensors and the `thresher` CLI."""

@@ -1,0 +1,20 @@
+"""The Dagster code location: the six curation stages with their checks, jobs, sensor and schedule."""
+
+import dagster as dg
+
+from assets import cleaned, deduped, formatted, raw, synthetic, verified
+from pipelines.jobs import batch_job, release_job
+from pipelines.resources import resources_for_environment
+from pipelines.schedules import daily_release
+from pipelines.sensors import landing_sensor
+
+STAGE_MODULES = [raw, deduped, cleaned, synthetic, verified, formatted]
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules(STAGE_MODULES),
+    asset_checks=dg.load_asset_checks_from_modules(STAGE_MODULES),
+    jobs=[batch_job, release_job],
+    sensors=[landing_sensor],
+    schedules=[daily_release],
+    resources=resources_for_environment(),
+)

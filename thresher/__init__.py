@@ -1,0 +1,1 @@
+"""Thresher curation library: every stage of finetuning-data curation, free of any orchestrator."""

@@ -1,0 +1,221 @@
+"""The dataset configuration: one YAML file with every parameter of every stage.
+
+Validated with pydantic so that a typo or a bad value is reported with its path in the file
+(``dedup.minhash.threshold: Input should be less than or equal to 1``), never discovered mid-run.
+Unknown keys are errors too: a misspelt threshold silently falling back to its default is the
+worst kind of configuration bug.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(_Section):
+    """How landed files become canonical records."""
+
+    max_record_bytes: int = Field(1_000_000, gt=0, description="Records larger than this are rejected.")
+    formats: dict[str, str] = Field(
+        default_factory=dict,
+        description="Glob (matched against the file name) -> adapter name, overriding auto-detection.",
+    )
+    prompt_column: str = Field("prompt", description="CSV/Parquet column holding the user turn.")
+    response_column: str = Field("response", description="CSV/Parquet column holding the assistant turn.")
+    system_column: str | None = Field(None, description="Optional CSV/Parquet column with a system prompt.")
+    default_license: str = Field("unknown", description="License recorded when a file does not state one.")
+
+
+class NormalizationConfig(_Section):
+    nfkc: bool = True
+    lowercase: bool = True
+    collapse_whitespace: bool = True
+    strip_punctuation: bool = True
+
+
+class MinHashConfig(_Section):
+    enabled: bool = True
+    threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="Jaccard similarity at which records are duplicates."
+    )
+    num_perm: int = Field(128, ge=16, le=1024)
+    shingle: Literal["word", "char"] = "word"
+    ngram: int = Field(5, ge=1, le=32)
+    seed: int = 42
+    bucket_window: int = Field(
+        64,
+        ge=1,
+        description="Each record is compared with at most this many preceding records of an LSH bucket; "
+        "bounds the work on huge clusters of templated text.",
+    )
+
+
+class DedupConfig(_Section):
+    exact: bool = True
+    normalization: NormalizationConfig = NormalizationConfig()
+    minhash: MinHashConfig = MinHashConfig()
+
+
+PiiAction = Literal["placeholder", "drop"]
+
+
+class PiiConfig(_Section):
+    entities: dict[str, PiiAction] = Field(
+        default_factory=lambda: {
+            "email": "placeholder",
+            "phone": "placeholder",
+            "card_number": "placeholder",
+            "ip_address": "placeholder",
+            "api_key": "placeholder",
+        },
+        description="Entity type -> action. Types not listed are not detected.",
+    )
+
+
+class QualityConfig(_Section):
+    min_response_chars: int = Field(2, ge=0)
+    max_response_chars: int = Field(50_000, gt=0)
+    refusals: bool = True
+    truncation: bool = True
+    language: str | None = Field("en", description="ISO 639-1 code the dataset must be in; null disables.")
+    language_min_chars: int = Field(20, ge=0, description="Shorter texts are not language-checked.")
+    max_repeated_line_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class CleanConfig(_Section):
+    strip_html: bool = True
+    pii: PiiConfig = PiiConfig()
+    quality: QualityConfig = QualityConfig()
+
+
+class RecipeConfig(_Section):
+    """One rule-based synthesis recipe."""
+
+    name: str
+    kind: Literal["instruction_template", "multi_turn", "system_prompt"]
+    rate: float = Field(0.1, ge=0.0, le=1.0, description="Share of eligible seed records used.")
+    max_per_batch: int = Field(1000, ge=0)
+    templates: list[str] = Field(default_factory=list)
+
+
+class SynthesisConfig(_Section):
+    seed: int = 7
+    recipes: list[RecipeConfig] = Field(default_factory=list)
+
+    @field_validator("recipes")
+    @classmethod
+    def _unique_names(cls, recipes: list[RecipeConfig]) -> list[RecipeConfig]:
+        names = [r.name for r in recipes]
+        if len(names) != len(set(names)):
+            raise ValueError(f"recipe names must be unique, got {names}")
+        return recipes
+
+
+class VerifyConfig(_Section):
+    timeout_seconds: float = Field(10.0, gt=0)
+    memory_mb: int = Field(512, ge=64)
+    workers: int = Field(2, ge=1)
+    math_tolerance: float = Field(1e-6, ge=0)
+
+
+class FormatConfig(_Section):
+    templates: list[str] = Field(default_factory=lambda: ["llama3", "chatml"], min_length=1)
+    default_system_prompt: str | None = None
+    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.9, "test": 0.1})
+    split_seed: int = 0
+
+    @field_validator("splits")
+    @classmethod
+    def _ratios_sum_to_one(cls, splits: dict[str, float]) -> dict[str, float]:
+        if not splits or any(v < 0 for v in splits.values()) or abs(sum(splits.values()) - 1.0) > 1e-9:
+            raise ValueError(f"split ratios must be non-negative and sum to 1, got {splits}")
+        return splits
+
+
+class DatasetConfig(_Section):
+    """Everything that defines one dataset's curation."""
+
+    name: str
+    description: str = ""
+    landing_dir: str = Field(
+        "landing", description="Folder watched for new files; relative to THRESHER_HOME."
+    )
+    ingest: IngestConfig = IngestConfig()
+    dedup: DedupConfig = DedupConfig()
+    clean: CleanConfig = CleanConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
+    verify: VerifyConfig = VerifyConfig()
+    format: FormatConfig = FormatConfig()
+
+    @model_validator(mode="after")
+    def _known_templates(self) -> DatasetConfig:
+        from thresher.formatting import TEMPLATES
+
+        unknown = [t for t in self.format.templates if t not in TEMPLATES]
+        if unknown:
+            raise ValueError(f"format.templates: unknown template(s) {unknown}; known: {sorted(TEMPLATES)}")
+        return self
+
+    def fingerprint(self) -> str:
+        """Short content hash of the effective configuration, recorded with every materialization."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def with_overrides(self, section: str, overrides: dict[str, Any]) -> DatasetConfig:
+        """A copy with ``overrides`` deep-merged into ``section``, validated like the file itself."""
+        data = self.model_dump(mode="json")
+        data[section] = _deep_merge(data[section], overrides)
+        try:
+            return DatasetConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, f"run config override of '{section}'")) from None
+
+
+class ConfigError(ValueError):
+    """A dataset configuration that cannot be used, with a message that says where and why."""
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid dataset configuration ({origin}):"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {path}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path) -> DatasetConfig:
+    """Read and validate a dataset configuration file; raises ``ConfigError`` with every problem found."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"dataset configuration not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"dataset configuration {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"dataset configuration {path} must be a mapping at the top level")
+    try:
+        return DatasetConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path))) from None

@@ -8,7 +8,7 @@ pydantic models (rather than writing them twice) keeps the launchpad and the YAM
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import dagster as dg
 import pydantic
@@ -41,9 +41,9 @@ def overrides_class(model: type[BaseModel], name: str) -> type[dg.Config]:
     for field_name, info in model.model_fields.items():
         field_type = _launchpad_type(info.annotation, name + field_name.title().replace("_", ""))
         fields[field_name] = (
-            Optional[field_type],
+            field_type | None,
             pydantic.Field(default=None, description=info.description),
-        )  # noqa: UP045 - runtime type construction
+        )
     return pydantic.create_model(name, __base__=dg.Config, __doc__=model.__doc__, **fields)
 
 

@@ -7,7 +7,6 @@ It also builds each stage's two checks: conservation (recounted from the stored 
 stage's Great Expectations suite. Both are blocking: an ERROR stops the batch going downstream.
 """
 
-
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,7 +123,10 @@ def stage_run(
     with (
         thresher.store().connect() as con,
         thresher.lineage.stage_run(
-            f"thresher.{stage}", parent_run_id=context.op_execution_context.run_id, parent_job_name=context.job_name, inputs=[]
+            f"thresher.{stage}",
+            parent_run_id=context.op_execution_context.run_id,
+            parent_job_name=context.job_name,
+            inputs=[],
         ) as lineage,
     ):
         yield StageRun(context, thresher, stage, config, con, batch, lineage)

@@ -12,6 +12,10 @@ from pipelines.resources import ThresherResource, resources_for_environment, thr
 from thresher import provenance
 from thresher.store import query, table_exists
 
+# Runs from the CLI log to the Dagster instance in full (see them with `make ui`); the terminal
+# gets warnings and errors only.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 
 def _resource() -> ThresherResource:
     return resources_for_environment()["thresher"]
@@ -63,14 +67,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     runs = []
     for key in keys:
         result = defs.resolve_job_def("batch_job").execute_in_process(
-            instance=dagster, partition_key=key, raise_on_error=False
+            instance=dagster, partition_key=key, raise_on_error=False, run_config=QUIET
         )
         runs.append({"batch": key, "run_id": result.run_id, "success": result.success})
         if not args.json:
             print(f"batch {key}: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'}")
     if not args.no_release:
         result = defs.resolve_job_def("release_job").execute_in_process(
-            instance=dagster, raise_on_error=False
+            instance=dagster, raise_on_error=False, run_config=QUIET
         )
         runs.append({"batch": "release", "run_id": result.run_id, "success": result.success})
         if not args.json:

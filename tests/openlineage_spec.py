@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from pathlib import Path
 
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
@@ -32,19 +31,25 @@ def validate_event(event: dict) -> list[str]:
     registry, core, facets = _registry()
     errors = [
         f"event: {e.message}"
-        for e in Draft202012Validator({"$ref": core["$id"] + "#/$defs/RunEvent"}, registry=registry).iter_errors(event)
+        for e in Draft202012Validator(
+            {"$ref": core["$id"] + "#/$defs/RunEvent"}, registry=registry
+        ).iter_errors(event)
     ]
     containers = [("run", event["run"].get("facets", {})), ("job", event["job"].get("facets", {}))]
     for kind in ("inputs", "outputs"):
         for ds in event.get(kind, []):
             containers.append((f"{kind}:{ds['name']}", ds.get("facets", {})))
-            containers.append((f"{kind}:{ds['name']}", ds.get("inputFacets", {}) or ds.get("outputFacets", {})))
+            containers.append(
+                (f"{kind}:{ds['name']}", ds.get("inputFacets", {}) or ds.get("outputFacets", {}))
+            )
     for where, facet_map in containers:
         for key, facet in facet_map.items():
             schema = facets.get(key)
             if schema is None:
                 if not key.startswith("thresher_"):
-                    errors.append(f"{where}: facet {key!r} has no official schema and is not a custom thresher_ facet")
+                    errors.append(
+                        f"{where}: facet {key!r} has no official schema and is not a custom thresher_ facet"
+                    )
                 continue
             validator = Draft202012Validator(schema, registry=registry)
             errors.extend(f"{where}.{key}: {e.message}" for e in validator.iter_errors({key: facet}))

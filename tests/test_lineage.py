@@ -23,8 +23,12 @@ def events(tmp_path: Path) -> list[dict]:
     return [json.loads(line) for line in (tmp_path / "lineage" / "events.jsonl").read_text().splitlines()]
 
 
-def test_a_successful_stage_emits_start_and_complete_with_datasets(emitter: LineageEmitter, tmp_path: Path) -> None:
-    with emitter.stage_run("thresher.deduped", parent_run_id=PARENT, parent_job_name="batch_job", inputs=[]) as run:
+def test_a_successful_stage_emits_start_and_complete_with_datasets(
+    emitter: LineageEmitter, tmp_path: Path
+) -> None:
+    with emitter.stage_run(
+        "thresher.deduped", parent_run_id=PARENT, parent_job_name="batch_job", inputs=[]
+    ) as run:
         run.inputs.append(DatasetRef("raw", {"record_id": "String"}, 3))
         run.outputs = [DatasetRef("deduped", {"record_id": "String"}, 2), DatasetRef("rejections")]
     start, complete = events(tmp_path)
@@ -38,13 +42,15 @@ def test_a_successful_stage_emits_start_and_complete_with_datasets(emitter: Line
         assert validate_event(event) == []
 
 
-def test_a_failing_stage_emits_fail_without_leaking_the_message(emitter: LineageEmitter, tmp_path: Path) -> None:
+def test_a_failing_stage_emits_fail_without_leaking_the_message(
+    emitter: LineageEmitter, tmp_path: Path
+) -> None:
     with (
         pytest.raises(ValueError),
         emitter.stage_run("thresher.cleaned", parent_run_id=PARENT, parent_job_name="batch_job", inputs=[]),
     ):
         raise ValueError("jane.doe@example.com broke it")
-    start, fail = events(tmp_path)
+    _start, fail = events(tmp_path)
     assert fail["eventType"] == "FAIL"
     assert "example.com" not in json.dumps(fail)
     assert fail["run"]["facets"]["errorMessage"]["message"] == "ValueError in stage thresher.cleaned"

@@ -19,7 +19,11 @@ def test_demo_configuration_is_valid() -> None:
     config = load_config(DEMO)
     assert config.name == "thresher-demo"
     assert config.dedup.minhash.threshold == 0.8
-    assert {r.kind for r in config.synthesis.recipes} == {"instruction_template", "multi_turn", "system_prompt"}
+    assert {r.kind for r in config.synthesis.recipes} == {
+        "instruction_template",
+        "multi_turn",
+        "system_prompt",
+    }
     assert set(config.format.templates) >= {"llama3", "chatml"}
 
 

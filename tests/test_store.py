@@ -17,7 +17,10 @@ def records(ids: list[str], batch: str) -> pl.DataFrame:
                 "record_id": ids,
                 "batch": [batch] * len(ids),
                 "task": ["chat"] * len(ids),
-                "messages": [[{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": "a"}] for i in ids],
+                "messages": [
+                    [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": "a"}]
+                    for i in ids
+                ],
                 "source_file": ["f.jsonl"] * len(ids),
                 "source_line": list(range(1, len(ids) + 1)),
                 "origin": ["source"] * len(ids),
@@ -28,7 +31,13 @@ def records(ids: list[str], batch: str) -> pl.DataFrame:
 
 def ledger(ids: list[str], rule: str) -> pl.DataFrame:
     return pl.DataFrame(
-        {"record_id": ids, "rule": [rule] * len(ids), "detail": ["why"] * len(ids), "source_file": ["f.jsonl"] * len(ids), "source_line": [9] * len(ids)}
+        {
+            "record_id": ids,
+            "rule": [rule] * len(ids),
+            "detail": ["why"] * len(ids),
+            "source_file": ["f.jsonl"] * len(ids),
+            "source_line": [9] * len(ids),
+        }
     )
 
 

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from thresher.config import IngestConfig
 from thresher.records import MESSAGE, ROLES, TaskKind, conform, source_record_ids
@@ -64,7 +65,9 @@ def batch_key(path: Path, sha256: str) -> str:
     re-landing identical bytes idempotent.
     """
     suffix = "-" + sha256[:8]
-    stem = _UNSAFE_KEY_CHARS.sub("_", Path(path).name).strip("_") or "file"
+    stem = _UNSAFE_KEY_CHARS.sub("_", Path(path).name)
+    # Dagster refuses partition keys containing "..." (INVALID_PARTITION_SUBSTRINGS).
+    stem = re.sub(r"\.{2,}", ".", stem).strip("_") or "file"
     return stem[: 64 - len(suffix)] + suffix
 
 
@@ -243,15 +246,46 @@ def _records_frame(lines: list[int], records: list[Record], config: IngestConfig
         {
             "source_line": lines,
             "task": [r.task for r in records],
-            "messages": [r.messages for r in records],
+            "messages": _messages_column(records),
             "tests": [r.tests for r in records],
             "entry_point": [r.entry_point for r in records],
             "reference_answer": [r.reference_answer for r in records],
             "license": [r.license or config.default_license for r in records],
-            "metadata": [json.dumps(r.metadata, sort_keys=True, ensure_ascii=False) for r in records],
+            "metadata": [_metadata_json(r.metadata) for r in records],
         },
         schema=_KEPT_SCHEMA,
     )
+
+
+def _metadata_json(metadata: dict[str, Any]) -> str:
+    """Metadata as strict JSON. ``json.loads`` accepts NaN and Infinity but they are not JSON, so (rarely)
+    they become null rather than an unparseable metadata string downstream."""
+    try:
+        return json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(metadata), sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _messages_column(records: list[Record]) -> pl.Series:
+    """The messages of every record as one list-of-struct column, built from flat role/content arrays and
+    list offsets: handing Polars a list of lists of dicts costs one Series construction per record."""
+    lengths = np.fromiter((len(r.messages) for r in records), dtype=np.int64, count=len(records))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    roles = pa.array([m["role"] for r in records for m in r.messages], type=pa.large_string())
+    contents = pa.array([m["content"] for r in records for m in r.messages], type=pa.large_string())
+    structs = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), structs)
+    return pl.Series("messages", lists).cast(pl.List(MESSAGE))
 
 
 def _json_items(source: Source, config: IngestConfig, parsed: Parsed):  # private generator
@@ -683,6 +717,9 @@ class TabularAdapter(Adapter):
         except Invalid as exc:
             parsed.reject(0, exc.rule, f"the file {exc.detail}")
             return parsed
+        frame, skipped = _json_safe_leftovers(frame, config)
+        if skipped:
+            parsed.counters["metadata_columns_skipped"] = skipped
         rows = _tabular_records(frame, config, self.position_word)
         rejected = rows.filter(pl.col("__rule").is_not_null())
         parsed.rejected_lines = rejected["source_line"].to_list()
@@ -706,6 +743,32 @@ class TabularAdapter(Adapter):
         return frame.with_columns([pl.col(c).cast(pl.String) for c in wanted])
 
 
+def _contains_binary(dtype: pl.DataType) -> bool:
+    if isinstance(dtype, pl.Binary):
+        return True
+    if isinstance(dtype, pl.List | pl.Array):
+        return _contains_binary(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return any(_contains_binary(f.dtype) for f in dtype.fields)
+    return False
+
+
+def _json_safe_leftovers(frame: pl.DataFrame, config: IngestConfig) -> tuple[pl.DataFrame, int]:
+    """Make the metadata columns JSON-encodable: Polars cannot write binary to JSON (it panics).
+
+    A binary column becomes base64 text; binary nested in lists or structs is left out of the metadata
+    (the number of such columns is returned, for a counter) rather than failing the whole file.
+    """
+    mapped = {config.prompt_column, config.response_column, config.system_column, "license", _LINE, _BAD_UTF8}
+    base64, nested = [], []
+    for name, dtype in frame.schema.items():
+        if name in mapped or not _contains_binary(dtype):
+            continue
+        (base64 if isinstance(dtype, pl.Binary) else nested).append(name)
+    frame = frame.with_columns(pl.col(c).bin.encode("base64") for c in base64).drop(nested)
+    return frame, len(nested)
+
+
 def _tabular_records(frame: pl.DataFrame, config: IngestConfig, position_word: str) -> pl.DataFrame:
     """Kept-frame columns plus ``__rule``/``__detail`` (null when kept) for every row of a text table."""
     internal = {_LINE, _BAD_UTF8}
@@ -715,16 +778,6 @@ def _tabular_records(frame: pl.DataFrame, config: IngestConfig, position_word: s
     prompt = pl.col(config.prompt_column).fill_null("")
     response = pl.col(config.response_column).fill_null("")
     system = pl.col(system_col).fill_null("") if system_col else pl.lit("")
-    turns = [
-        pl.struct(role=pl.lit("system"), content=system),
-        pl.struct(role=pl.lit("user"), content=prompt),
-        pl.struct(role=pl.lit("assistant"), content=response),
-    ]
-    messages = pl.concat_list(turns).list.eval(
-        pl.element().filter(
-            (pl.element().struct.field("role") != "system") | (pl.element().struct.field("content") != "")
-        )
-    )
     all_empty = (
         (prompt.str.strip_chars() == "")
         & (response.str.strip_chars() == "")
@@ -767,7 +820,7 @@ def _tabular_records(frame: pl.DataFrame, config: IngestConfig, position_word: s
     return frame.select(
         pl.col(_LINE).alias("source_line"),
         pl.lit(TaskKind.CHAT.value).alias("task"),
-        messages.alias("messages"),
+        _tabular_messages(frame, config.prompt_column, config.response_column, system_col),
         pl.lit(None, pl.String).alias("tests"),
         pl.lit(None, pl.String).alias("entry_point"),
         pl.lit(None, pl.String).alias("reference_answer"),
@@ -776,6 +829,32 @@ def _tabular_records(frame: pl.DataFrame, config: IngestConfig, position_word: s
         rule.alias("__rule"),
         detail.alias("__detail"),
     )
+
+
+def _tabular_messages(frame: pl.DataFrame, prompt: str, response: str, system: str | None) -> pl.Series:
+    """[system?, user, assistant] per row; the system turn only when its cell is non-empty.
+
+    Built as a long (row, turn) frame regrouped per row: ``concat_list`` of struct columns is about 25x
+    slower in Polars 2. Every row keeps its user and assistant turns, so no row can vanish in the regroup.
+    """
+    turns = [("user", prompt), ("assistant", response)]
+    if system is not None:
+        turns.insert(0, ("system", system))
+    rows = pl.int_range(pl.len(), dtype=pl.Int64).alias("__row")
+    long = pl.concat(
+        [
+            frame.select(
+                rows,
+                pl.lit(k, pl.Int8).alias("__turn"),
+                pl.lit(role).alias("role"),
+                pl.col(column).fill_null("").alias("content"),
+            )
+            for k, (role, column) in enumerate(turns)
+        ]
+    )
+    long = long.filter((pl.col("role") != "system") | (pl.col("content") != "")).sort("__row", "__turn")
+    grouped = long.group_by("__row", maintain_order=True).agg(pl.struct("role", "content").alias("messages"))
+    return grouped["messages"].cast(pl.List(MESSAGE))
 
 
 def _bad_utf8_lines(data: bytes) -> np.ndarray:
@@ -1050,7 +1129,11 @@ def read_file(
     source = Source(name=name, suffixes=_suffixes(name), data=data)
     try:
         parsed = ADAPTERS[fmt].read(source, config)
-    except Exception as exc:  # the contract is "bad input never raises"; say it loudly instead
+    except BaseException as exc:  # the contract is "bad input never raises"; say it loudly instead
+        # BaseException because a Rust panic inside Polars surfaces as pyo3's PanicException, which is not
+        # an Exception; interpreter exits and Ctrl-C still propagate.
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
         counters["unexpected_errors"] = 1
         return _whole_file(
             sha,

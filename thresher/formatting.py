@@ -24,10 +24,10 @@ from itertools import accumulate
 from pathlib import Path
 from typing import ClassVar
 
-import duckdb
 import polars as pl
 
 from thresher.config import FormatConfig
+from thresher.hashing import sha256_hex
 from thresher.records import MESSAGE, ROLES, rejections
 from thresher.stage import StageResult
 
@@ -277,12 +277,9 @@ def _stable_unit_interval(keys: pl.Series) -> pl.Series:
     (Polars' ``hash`` is only stable within one Polars version; a split that moves records between
     train and test on an upgrade would leak evaluation data.)
     """
-    frame = pl.DataFrame({"k": keys}).with_row_index("i")
-    with duckdb.connect() as con:
-        con.register("keys", frame)
-        hashed = con.sql("SELECT i, sha256(k) AS h FROM keys ORDER BY i").pl()
+    hashed = sha256_hex(keys)
     # 13 hex digits = 52 bits: exactly representable as a float64.
-    return (hashed["h"].str.slice(0, 13).str.to_integer(base=16).cast(pl.Float64) / float(16**13)).alias("u")
+    return (hashed.str.slice(0, 13).str.to_integer(base=16).cast(pl.Float64) / float(16**13)).alias("u")
 
 
 def prompt_group_key(messages: pl.Expr) -> pl.Expr:

@@ -19,10 +19,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-import duckdb
 import polars as pl
 
 from thresher.config import RecipeConfig, SynthesisConfig
+from thresher.hashing import sha256_hex
 from thresher.records import RECORD_SCHEMA, conform, empty_ledger
 from thresher.stage import EDGE_SCHEMA, StageResult
 
@@ -39,17 +39,6 @@ SYNTHESIS_SCHEMA: dict[str, pl.DataType] = {
     "seed": pl.Int64,
     "generator": pl.String,
 }
-
-
-def sha256_hex(values: pl.Series) -> pl.Series:
-    """SHA-256 hex digest of every string, computed in DuckDB (vectorized and version-stable).
-
-    Polars' own ``hash`` may change between Polars versions; ids and selections must not.
-    """
-    frame = pl.DataFrame({"v": values.cast(pl.String)}).with_row_index("i")
-    with duckdb.connect() as con:
-        con.register("strings", frame)
-        return con.sql("SELECT i, sha256(v) AS h FROM strings ORDER BY i").pl()["h"]
 
 
 def template_hash(text: str) -> str:

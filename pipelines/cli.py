@@ -54,11 +54,12 @@ def _expand(paths: list[str]) -> list[Path]:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from assets.partitions import batches
-    from pipelines.definitions import defs
+    from pipelines.definitions import build_definitions
     from pipelines.instance import instance
     from thresher.landing import land
 
     resource = _resource()
+    defs = build_definitions({"thresher": resource})
     dagster = instance(resource.home_dir)
     landed = [land(p, resource.landing_dir()) for p in _expand(args.paths)]
     keys = list(dict.fromkeys(f.batch for f in landed))

@@ -10,11 +10,17 @@ from pipelines.sensors import landing_sensor
 
 STAGE_MODULES = [raw, deduped, cleaned, synthetic, verified, formatted]
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules(STAGE_MODULES),
-    asset_checks=dg.load_asset_checks_from_modules(STAGE_MODULES),
-    jobs=[batch_job, release_job],
-    sensors=[landing_sensor],
-    schedules=[daily_release],
-    resources=resources_for_environment(),
-)
+
+def build_definitions(resources: dict[str, object]) -> dg.Definitions:
+    """Everything Thresher defines, bound to the given resources."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules(STAGE_MODULES),
+        asset_checks=dg.load_asset_checks_from_modules(STAGE_MODULES),
+        jobs=[batch_job, release_job],
+        sensors=[landing_sensor],
+        schedules=[daily_release],
+        resources=resources,
+    )
+
+
+defs = build_definitions(resources_for_environment())

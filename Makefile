@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 THRESHER_HOME ?= $(CURDIR)/.thresher
 DEMO_ROWS ?= 10000
 DEMO_SEED ?= 0
+CHROMIUM ?= /usr/bin/chromium
 export THRESHER_HOME
 
 .PHONY: install demo test lint ui clean
@@ -17,12 +18,17 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 install: $(VENV)/.installed
 
+# Debian's Chromium for the browser tests; Playwright drives it and never downloads a browser.
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 demo: install  ## generate the demo corpus, run every stage through Dagster, print counts
 	$(BIN)/thresher demo-corpus --rows $(DEMO_ROWS) --seed $(DEMO_SEED)
 	$(BIN)/thresher ingest $(THRESHER_HOME)/demo-corpus/files
 	$(BIN)/thresher status
 
-test: install  ## the whole test suite
+test: install $(CHROMIUM)  ## the whole test suite, browser tests included
 	$(BIN)/pytest
 
 lint: install

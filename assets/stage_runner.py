@@ -22,7 +22,7 @@ from thresher.cleaning import redact_preview
 from thresher.config import DatasetConfig
 from thresher.lineage import DatasetRef, schema_of
 from thresher.lineage import StageRun as LineageRun
-from thresher.quality import quality_view, validate
+from thresher.quality import SuiteOutcome, check_view, failing_rows, quality_view, validate
 from thresher.stage import StageResult
 
 # Partitioned asset checks are a preview feature of Dagster 1.13; they are what lets each batch's
@@ -165,10 +165,7 @@ def _sample_table(kept: pl.DataFrame) -> dg.MetadataValue:
         pl.concat_str(["source_file", pl.lit(":"), pl.col("source_line").cast(pl.String)]).alias("source"),
         redact_preview(pl.col("content")).alias("preview"),
     )
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord(row) for row in sample.to_dicts()],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in sample.columns]),
-    )
+    return _string_table(sample)
 
 
 # --- checks -----------------------------------------------------------------------------------------
@@ -229,9 +226,9 @@ def stage_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
     ) -> dg.AssetCheckResult:
         batch = batch_of(context)
         with thresher.store().connect() as con:
-            where = {} if batch == st.RELEASE_BATCH else {"batch": batch}
-            records = st.read_table(con, stage, where)
-            outcome = validate(records, suite_path)
+            view = check_view(con, stage, batch)
+            outcome = validate(view, suite_path)
+            rows = failing_rows(view, outcome)
             severity = (
                 dg.AssetCheckSeverity.ERROR if outcome.critical_failures else dg.AssetCheckSeverity.WARN
             )
@@ -241,7 +238,7 @@ def stage_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
                     "column": o.column or "",
                     "severity": o.severity,
                     "unexpected_count": o.unexpected_count,
-                    "failing_record_ids": ", ".join(o.failing_record_ids),
+                    "notes": o.notes,
                 }
                 for o in outcome.failures
             ]
@@ -250,6 +247,7 @@ def stage_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
                 "evaluated_expectations": len(outcome.outcomes),
                 "failed_expectations": len(failures),
                 "failures": failures,
+                "failing_rows": rows.to_dicts(),
             }
             st.record_check(
                 con,
@@ -265,21 +263,32 @@ def stage_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
         return dg.AssetCheckResult(
             passed=outcome.success,
             severity=severity,
-            description=f"{len(failures)} of {len(outcome.outcomes)} expectations failed"
-            if failures
-            else None,
+            description=_failure_summary(outcome) if failures else None,
             metadata={
                 "suite": dg.MetadataValue.text(outcome.suite),
                 "evaluated_expectations": dg.MetadataValue.int(len(outcome.outcomes)),
                 "failures": _failures_table(failures),
+                "failing_rows": _string_table(rows),
             },
         )
 
     return [conservation_check, expectations_check]
 
 
+def _failure_summary(outcome: SuiteOutcome) -> str:
+    broken = "; ".join(f"{o.notes or o.expectation} ({o.unexpected_count} rows)" for o in outcome.failures)
+    return f"{len(outcome.failures)} of {len(outcome.outcomes)} expectations failed: {broken}"
+
+
+def _string_table(frame: pl.DataFrame) -> dg.MetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(row) for row in frame.to_dicts()],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in frame.columns]),
+    )
+
+
 def _failures_table(failures: list[dict[str, object]]) -> dg.MetadataValue:
-    columns = ["expectation", "column", "severity", "unexpected_count", "failing_record_ids"]
+    columns = ["expectation", "column", "severity", "unexpected_count", "notes"]
     return dg.MetadataValue.table(
         records=[dg.TableRecord(f) for f in failures],
         schema=dg.TableSchema(

@@ -196,7 +196,11 @@ def cmd_checks(args: argparse.Namespace) -> int:
         if args.rows and not r["passed"]:
             for failure in r["metadata"].get("failures", []):
                 lines.append(
-                    f"    {failure['expectation']}({failure['column']}): {failure['unexpected_count']} rows: {failure['failing_record_ids']}"
+                    f"    {failure['expectation']}({failure['column']}): {failure['unexpected_count']} rows"
+                )
+            for row in r["metadata"].get("failing_rows", []):
+                lines.append(
+                    f"      {row['record_id']} {row['source']} [{row['expectation']}] {row['preview']}"
                 )
     _emit(args, rows, "\n".join(lines) or "no check results yet")
     return 0

@@ -14,7 +14,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import polars as pl
+
+from thresher.store import RELEASE_BATCH, query, read_table, table_exists
 
 MAX_FAILING_IDS = 20
 
@@ -64,24 +67,42 @@ def _role_chars(role: str) -> pl.Expr:
 
 
 def quality_view(records: pl.DataFrame) -> pl.DataFrame:
-    """One flat row per record: the columns the expectation suites talk about."""
+    """One flat row per record: every scalar column of the stage's table plus derived ones
+    (message counts, roles, lengths, the joined text) that the expectation suites talk about."""
     messages = pl.col("messages")
-    extra = [c for c in ("verdict", "split") if c in records.columns]
+    scalar = [name for name, dtype in records.schema.items() if not dtype.is_nested()]
     return records.select(
-        "record_id",
-        "batch",
-        "task",
-        "origin",
-        "source_file",
-        "source_line",
+        *scalar,
         messages.list.len().alias("n_messages"),
         messages.list.last().struct.field("role").alias("last_role"),
         _role_chars("user"),
         _role_chars("assistant"),
         messages.list.eval(pl.element().struct.field("content")).list.join("\n").alias("content"),
         pl.col("parent_ids").list.len().alias("n_parents"),
-        *extra,
     )
+
+
+def failing_rows(view: pl.DataFrame, outcome: SuiteOutcome, limit: int = MAX_FAILING_IDS) -> pl.DataFrame:
+    """Up to ``limit`` failing records with the expectation they broke and a PII-redacted preview,
+    so that a reviewer can decide from the check's page without opening the data."""
+    from thresher.cleaning import redact_preview
+
+    pairs = [(o.expectation, o.column or "", rid) for o in outcome.failures for rid in o.failing_record_ids]
+    if not pairs:
+        return pl.DataFrame(schema=dict.fromkeys(FAILING_ROW_COLUMNS, pl.String))
+    failing = pl.DataFrame(pairs, schema=["expectation", "column", "record_id"], orient="row").head(limit)
+    return failing.join(view, on="record_id", how="left").select(
+        "record_id",
+        pl.concat_str([pl.col("source_file"), pl.lit(":"), pl.col("source_line").cast(pl.String)]).alias(
+            "source"
+        ),
+        "expectation",
+        "column",
+        redact_preview(pl.col("content")).str.replace_all(r"\s+", " ").alias("preview"),
+    )
+
+
+FAILING_ROW_COLUMNS = ("record_id", "source", "expectation", "column", "preview")
 
 
 def load_suite(path: Path) -> dict:
@@ -91,22 +112,39 @@ def load_suite(path: Path) -> dict:
     return suite
 
 
-def validate(records: pl.DataFrame, suite_path: Path) -> SuiteOutcome:
-    """Run the suite at ``suite_path`` over ``quality_view(records)``."""
+def check_view(con: duckdb.DuckDBPyConnection, stage: str, batch: str) -> pl.DataFrame:
+    """The flat view a stage's suite validates: ``quality_view`` of its stored records for ``batch``
+    plus what only the store knows (how many kept records across all batches share a normalized text)."""
+    where = {} if batch == RELEASE_BATCH else {"batch": batch}
+    view = quality_view(read_table(con, stage, where))
+    if stage == "deduped" and table_exists(con, "dedup_index"):
+        copies = query(
+            con,
+            "SELECT i.record_id, c.copies AS normalized_text_copies FROM dedup_index i JOIN "
+            "(SELECT exact_hash, count(*) AS copies FROM dedup_index GROUP BY exact_hash) c USING (exact_hash) "
+            "WHERE i.batch = ?",
+            [batch],
+        )
+        view = view.join(copies, on="record_id", how="left")
+    return view
+
+
+def validate(view: pl.DataFrame, suite_path: Path) -> SuiteOutcome:
+    """Run the suite at ``suite_path`` over a flat view of records (see ``check_view``)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx  # ~3 s import: only where a check actually runs
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     spec = load_suite(suite_path)
-    view = quality_view(records).to_pandas()
+    frame = view.to_pandas()
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
     batch = (
         context.data_sources.add_pandas("thresher")
         .add_dataframe_asset("records")
         .add_batch_definition_whole_dataframe("all")
-        .get_batch(batch_parameters={"dataframe": view})
+        .get_batch(batch_parameters={"dataframe": frame})
     )
     suite = gx.ExpectationSuite(name=spec["name"])
     for exp in spec["expectations"]:

@@ -1,0 +1,63 @@
+"""The Dagster UI in headless Chromium: the six stages, and a failing check's rows where a reviewer reads them."""
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines import cli
+from tests.conftest import REPO
+from tests.ui_support import CHROMIUM, browser_page, dagster_webserver, dismiss_community_dialog
+
+pytestmark = pytest.mark.browser
+
+STAGES = ["raw", "deduped", "cleaned", "synthetic", "verified", "formatted"]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A home whose configuration forgot to redact emails, so the cleaned stage's suite fails."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+    home = tmp_path_factory.mktemp("ui-home")
+    config = home / "no-email.yaml"
+    demo = (REPO / "configs" / "demo.yaml").read_text()
+    config.write_text(re.sub(r"\n +email: placeholder", "", demo))
+    saved = {k: os.environ.get(k) for k in ("THRESHER_HOME", "DAGSTER_HOME", "THRESHER_CONFIG")}
+    os.environ.update(THRESHER_HOME=str(home), THRESHER_CONFIG=str(config))
+    try:
+        assert cli.main(["demo-corpus", "--rows", "1000", "--seed", "5"]) == 0
+        # The batch run fails: its blocking cleaned check stops it before synthetic.
+        assert cli.main(["ingest", str(home / "demo-corpus" / "files" / "chat_part1.jsonl")]) == 1
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    with dagster_webserver(home, config) as url:
+        yield url
+
+
+def test_the_asset_graph_shows_the_six_stages(ui: str) -> None:
+    with browser_page() as page:
+        page.goto(f"{ui}/asset-groups/curation", wait_until="networkidle")
+        dismiss_community_dialog(page)
+        for stage in STAGES:
+            page.get_by_role("button", name=stage).first.wait_for(timeout=30_000)
+
+
+def test_a_failing_check_shows_its_failing_rows_redacted(ui: str) -> None:
+    with browser_page() as page:
+        page.goto(f"{ui}/assets/cleaned?view=checks", wait_until="networkidle")
+        dismiss_community_dialog(page)
+        page.get_by_text("expectations").first.click()
+        page.get_by_text("failing_rows").first.wait_for(timeout=30_000)
+        body = page.inner_text("body")
+        assert "This is a blocking asset check" in body
+        assert "Failed" in body
+        assert "no email address" in body  # the failed expectation, in the reviewer's words
+        assert re.search(r"[0-9a-f]{12}:\d+\s+chat_part1\.jsonl:\d+", body), (
+            "failing record id and source line"
+        )
+        assert "[EMAIL]" in body  # the preview is redacted ...
+        assert not re.search(r"[\w.+-]+@[\w-]+\.[\w.]+", body)  # ... so no address reaches the page

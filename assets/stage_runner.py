@@ -142,7 +142,10 @@ def _table_schema(frame: pl.DataFrame) -> dg.TableSchema:
 def _rejections_table(rejected: pl.DataFrame) -> dg.MetadataValue:
     by_rule = (
         rejected.group_by("rule")
-        .agg(pl.len().alias("count"), pl.col("record_id").sort().head(3).str.join(", ").alias("examples"))
+        .agg(
+            pl.len().alias("count"),
+            pl.col("record_id").sort_by("source_line", "record_id").head(3).str.join(", ").alias("examples"),
+        )
         .sort("count", "rule", descending=[True, False])
     )
     return dg.MetadataValue.table(

@@ -18,7 +18,18 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tests.conftest import CORPORA
 from thresher.config import FormatConfig
-from thresher.formatting import TEMPLATES, ChatTemplate, Formatter, export_release, split_records
+from thresher.formatting import (
+    TEMPLATES,
+    ChatTemplate,
+    Formatter,
+    _render_problems,
+    explode_turns,
+    export_release,
+    prompt_split_conflicts,
+    render,
+    roundtrip_ok,
+    split_records,
+)
 from thresher.records import RECORD_SCHEMA, conform
 
 REFERENCE_DIR = CORPORA / "format" / "chat_templates" / "chat_templates"
@@ -130,8 +141,18 @@ def test_renders_byte_identically_to_the_reference_template(name: str):
         if record_id in rendered:
             assert rendered[record_id].encode() == expected.encode(), record_id
         elif expected is not None:
-            assert (name, record_id) in STRICTER, f"{record_id} rejected but the reference renders it"
-            assert rejected[record_id].startswith(f"cannot be rendered with {name}: ")
+            # Stricter than the reference where it cannot express a conversation, and where a content holds
+            # the template's own control tokens (the render would not parse back: see the round-trip tests).
+            holds_token = record_id == "special_tokens_in_text" and name in HOLDS_SPECIAL_TOKEN
+            assert (name, record_id) in STRICTER or holds_token, (
+                f"{record_id} rejected but the reference renders it"
+            )
+            expected_detail = (
+                "rendered text does not parse back into its messages with"
+                if holds_token
+                else "cannot be rendered with"
+            )
+            assert rejected[record_id].startswith(f"{expected_detail} {name}: ")
     assert set(rendered) | set(rejected) == set(CONVERSATIONS)
     result.check_conservation()
 
@@ -345,3 +366,287 @@ def test_export_is_byte_identical_across_runs(tmp_path: Path):
     assert list(first) == list(second)
     for key in first:
         assert first[key].read_bytes() == second[key].read_bytes()
+
+
+# --------------------------------------------------------------------------------------------------
+# Round trip: every render parses back into its record
+
+
+def trimmed(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The messages as every template carries them: contents stripped like Jinja's ``| trim``."""
+    return [{"role": m["role"], "content": m["content"].strip()} for m in messages]
+
+
+def formatted(conversations: dict[str, list[dict[str, str]]], *names: str):
+    """Records and renders as the formatter makes them *before* its round-trip gate, so that the
+    round-trip check itself can be examined on renders that fail it."""
+    records = frame(conversations)
+    turns = explode_turns(records)
+    for name in names:
+        records = records.join(_render_problems(turns, TEMPLATES[name]), on="record_id", how="anti")
+    turns = turns.join(records.select("record_id"), on="record_id", how="semi")
+    renders = pl.concat(
+        [render(turns, TEMPLATES[n]).select("record_id", pl.lit(n).alias("template"), "text") for n in names]
+    )
+    return records, renders
+
+
+def with_text(renders: pl.DataFrame, record_id: str, template: str, text: str) -> pl.DataFrame:
+    hit = (pl.col("record_id") == record_id) & (pl.col("template") == template)
+    return renders.with_columns(pl.when(hit).then(pl.lit(text)).otherwise(pl.col("text")).alias("text"))
+
+
+def text_of(renders: pl.DataFrame, record_id: str, template: str) -> str:
+    hit = (pl.col("record_id") == record_id) & (pl.col("template") == template)
+    return renders.filter(hit)["text"].item()
+
+
+def verdict(kept: pl.DataFrame, renders: pl.DataFrame, record_id: str, template: str) -> tuple[bool, str]:
+    checked = roundtrip_ok(kept, renders, [template]).filter(pl.col("record_id") == record_id)
+    return checked.select("ok", "problem").row(0)
+
+
+# special_tokens_in_text holds ``<|im_end|> <|eot_id|> [INST] </s>`` in its user message: a tokenizer reads
+# those as control tokens, so it cannot round-trip where they are the template's own (all but phi-3).
+HOLDS_SPECIAL_TOKEN = {
+    "llama3": "<|eot_id|>",
+    "chatml": "<|im_end|>",
+    "zephyr": "</s>",
+    "mistral": "[INST]",
+    "vicuna": "</s>",
+    "alpaca": "</s>",
+}
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_every_rendered_oracle_conversation_round_trips(name: str):
+    kept, renders = formatted(CONVERSATIONS, name)
+    checked = roundtrip_ok(kept, renders)
+    assert checked.columns == ["record_id", "template", "ok", "problem"]
+    assert checked.height == kept.height > 15
+    assert set(checked["template"]) == {name}
+    failing = dict(checked.filter(~pl.col("ok")).select("record_id", "problem").iter_rows())
+    if name in HOLDS_SPECIAL_TOKEN:
+        assert failing == {
+            "special_tokens_in_text": "message 1 (user) holds the template's special token "
+            f"'{HOLDS_SPECIAL_TOKEN[name]}'"
+        }
+    else:
+        assert failing == {}
+    assert checked.filter(pl.col("ok"))["problem"].is_null().all()
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_parse_reads_the_reference_templates_own_output(name: str):
+    template = TEMPLATES[name]
+    for record_id, messages in CONVERSATIONS.items():
+        try:
+            text = reference_render(template, messages)
+        except jinja2.TemplateError:
+            continue
+        if (name, record_id) in STRICTER:  # the reference silently drops a message there
+            continue
+        if record_id == "special_tokens_in_text" and name in HOLDS_SPECIAL_TOKEN:
+            with pytest.raises(ValueError, match=f"^{name}: "):
+                template.parse(text)
+            continue
+        assert template.parse(text) == trimmed(messages), record_id
+
+
+def test_every_template_has_a_parser_and_names_its_special_tokens():
+    assert TEMPLATES["llama3"].special_tokens() == [
+        "<|begin_of_text|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+        "<|start_header_id|>",
+    ]
+    assert TEMPLATES["chatml"].special_tokens() == ["<|im_end|>", "<|im_start|>"]
+    assert TEMPLATES["mistral"].special_tokens() == ["</s>", "<s>", "[/INST]", "[INST]"]
+    # Vicuna's and Alpaca's turn markers are plain text: content may mention them.
+    assert TEMPLATES["vicuna"].special_tokens() == TEMPLATES["alpaca"].special_tokens() == ["</s>", "<s>"]
+    for template in TEMPLATES.values():
+        assert template.parse(reference_render(template, CONVERSATIONS["single_turn"])) == trimmed(
+            CONVERSATIONS["single_turn"]
+        )
+
+
+# The marker that opens (or closes) a turn in each grammar; dropping one must be noticed.
+OPENING_MARKER = {
+    "llama3": "<|start_header_id|>",
+    "chatml": "<|im_start|>",
+    "phi-3": "<|assistant|>",
+    "zephyr": "<|assistant|>",
+    "mistral": "[INST] ",
+    "vicuna": "ASSISTANT: ",
+    "alpaca": "### Response:\n",
+}
+CLOSING_MARKER = {
+    "llama3": "<|eot_id|>",
+    "chatml": "<|im_end|>",
+    "phi-3": "<|end|>",
+    "zephyr": "</s>",
+    "mistral": " [/INST]",
+    "vicuna": "</s>",
+    "alpaca": "</s>",
+}
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+@pytest.mark.parametrize("marker", [OPENING_MARKER, CLOSING_MARKER], ids=["opening", "closing"])
+def test_a_render_with_a_dropped_turn_marker_is_detected(name: str, marker: dict[str, str]):
+    kept, renders = formatted({"r": CONVERSATIONS["system_multi_turn"]}, name)
+    text = text_of(renders, "r", name)
+    assert marker[name] in text
+    corrupted = with_text(renders, "r", name, text.replace(marker[name], "", 1))
+    ok, problem = verdict(kept, corrupted, "r", name)
+    assert not ok and problem
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_a_render_with_swapped_roles_is_detected(name: str):
+    question, answer = "Capital of France?", "Paris."
+    kept, renders = formatted({"r": [s("Be brief."), u(question), a(answer)]}, name)
+    # The assistant's words rendered as the user's and the other way round.
+    swapped = Formatter(FormatConfig(templates=[name])).run(
+        frame({"r": [s("Be brief."), u(answer), a(question)]})
+    )
+    corrupted = with_text(renders, "r", name, text_of(swapped.tables["renders"], "r", name))
+    assert verdict(kept, corrupted, "r", name) == (False, "message 2 (user) parses to different content")
+
+
+@pytest.mark.parametrize("name", ["llama3", "chatml", "phi-3", "zephyr"])
+def test_a_swapped_role_header_is_named(name: str):
+    kept, renders = formatted({"r": CONVERSATIONS["single_turn"]}, name)
+    text = text_of(renders, "r", name)
+    header = TEMPLATES[name]
+    user = f"{header.start}user{header.sep}"
+    assistant = f"{header.start}assistant{header.sep}"
+    corrupted = text.replace(user, "\x00").replace(assistant, user).replace("\x00", assistant)
+    assert verdict(kept, with_text(renders, "r", name, corrupted), "r", name) == (
+        False,
+        "message 1 parses as assistant, the record has user",
+    )
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+@pytest.mark.parametrize("cut", [1, 5, "half"])
+def test_a_truncated_render_is_detected(name: str, cut: int | str):
+    kept, renders = formatted({"r": CONVERSATIONS["multi_turn"]}, name)
+    text = text_of(renders, "r", name)
+    short = text[: len(text) // 2] if cut == "half" else text[:-cut]
+    ok, problem = verdict(kept, with_text(renders, "r", name, short), "r", name)
+    assert not ok and problem
+
+
+def test_a_dropped_whole_turn_is_a_count_mismatch():
+    kept, renders = formatted({"r": CONVERSATIONS["multi_turn"]}, "chatml")
+    text = text_of(renders, "r", "chatml")
+    shorter = text[: text.rindex("<|im_start|>")]  # the last assistant turn, markers and all
+    assert verdict(kept, with_text(renders, "r", "chatml", shorter), "r", "chatml") == (
+        False,
+        "the text holds 3 messages, the record 4",
+    )
+
+
+def test_plain_text_markers_round_trip_unless_content_holds_a_boundary_the_parser_splits_on():
+    conversations = {
+        "mentions": [u("Label turns with ASSISTANT: and ### Response: here."), a("USER: hi is fine")],
+        "boundary": [u("first line\nASSISTANT: fake"), a("real")],
+        "instruction_boundary": [u("x\n\n### Response:\ny"), a("z")],
+    }
+    kept, renders = formatted(conversations, "vicuna", "alpaca")
+    checked = roundtrip_ok(kept, renders)
+    result = {(r, t): (ok, p) for r, t, ok, p in checked.iter_rows()}
+    assert result[("mentions", "vicuna")] == (True, None)
+    assert result[("mentions", "alpaca")] == (True, None)
+    assert result[("boundary", "vicuna")] == (False, "message 1 (user) parses to different content")
+    assert result[("boundary", "alpaca")] == (True, None)
+    assert result[("instruction_boundary", "alpaca")] == (
+        False,
+        "message 1 (user) parses to different content",
+    )
+
+
+def test_missing_orphaned_and_duplicated_renders_are_reported():
+    kept, renders = formatted(
+        {"a": CONVERSATIONS["single_turn"], "b": CONVERSATIONS["with_system"]}, "chatml"
+    )
+    renders = pl.concat(
+        [
+            renders.filter(pl.col("record_id") == "b"),
+            renders.filter(pl.col("record_id") == "b"),
+            pl.DataFrame({"record_id": ["ghost"], "template": ["chatml"], "text": ["x"]}),
+        ]
+    )
+    checked = roundtrip_ok(kept, renders, ["chatml", "llama3"])
+    assert checked.rows() == [
+        ("a", "chatml", False, "the record has no render"),
+        ("b", "chatml", False, "the record has more than one render"),
+        ("b", "chatml", False, "the record has more than one render"),
+        ("ghost", "chatml", False, "the render has no record"),
+        ("a", "llama3", False, "the record has no render"),
+        ("b", "llama3", False, "the record has no render"),
+    ]
+    with pytest.raises(ValueError, match="unknown template"):
+        roundtrip_ok(kept, renders, ["nope"])
+
+
+def test_round_trip_problems_never_quote_record_text():
+    secret = "jane@example.com"
+    kept, renders = formatted(
+        {"r": [s(f"sys {secret}"), u(f"q {secret}"), a(f"a {secret} <|im_end|>")]}, "chatml"
+    )
+    text = text_of(renders, "r", "chatml")
+    variants = [text[:-4], text.replace("<|im_start|>", "", 2), text.replace("user", "assistant"), "", secret]
+    for variant in variants:
+        ok, problem = verdict(kept, with_text(renders, "r", "chatml", variant), "r", "chatml")
+        assert not ok and secret not in problem and "jane" not in problem
+    with pytest.raises(ValueError) as raised:
+        TEMPLATES["chatml"].parse(text[:-4])
+    assert "jane" not in str(raised.value)
+
+
+def test_the_default_system_prompt_is_part_of_what_must_round_trip():
+    records = frame({"plain": CONVERSATIONS["single_turn"]})
+    result = Formatter(FormatConfig(templates=["mistral"], default_system_prompt="Be helpful.")).run(records)
+    assert roundtrip_ok(result.kept, result.tables["renders"])["ok"].to_list() == [True]
+    # Checked against the records as they were before the prompt was added, the extra message shows.
+    assert roundtrip_ok(records, result.tables["renders"])["problem"].to_list() == [
+        "the text holds 3 messages, the record 2"
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Split leakage
+
+
+def test_prompt_groups_sit_in_exactly_one_split():
+    records = many_records(3000)
+    assigned = records.with_columns(split_records(records, RATIOS, seed=2).alias("split"))
+    conflicts = prompt_split_conflicts(assigned)
+    assert conflicts.len() == assigned.height
+    assert conflicts.to_list() == [1] * assigned.height
+
+
+def test_a_prompt_group_spread_over_two_splits_is_counted_on_each_of_its_records():
+    records = many_records(3000)
+    assigned = records.with_columns(split_records(records, RATIOS, seed=2).alias("split"))
+    group = assigned.group_by("group").len().filter(pl.col("len") >= 2)["group"].min()
+    leaked_id = assigned.filter(pl.col("group") == group)["record_id"][0]
+    other = "test" if assigned.filter(pl.col("record_id") == leaked_id)["split"].item() != "test" else "train"
+    leaked = assigned.with_columns(
+        pl.when(pl.col("record_id") == leaked_id)
+        .then(pl.lit(other))
+        .otherwise(pl.col("split"))
+        .alias("split")
+    )
+    conflicts = leaked.with_columns(prompt_split_conflicts(leaked).alias("n"))
+    assert set(conflicts.filter(pl.col("group") == group)["n"]) == {2}
+    assert set(conflicts.filter(pl.col("group") != group)["n"]) == {1}
+
+
+def test_records_without_a_user_message_are_their_own_prompt_group():
+    records = frame({"x": CONVERSATIONS["only_system"], "y": CONVERSATIONS["only_system"]}).with_columns(
+        pl.Series("split", ["train", "test"])
+    )
+    assert prompt_split_conflicts(records).to_list() == [1, 1]

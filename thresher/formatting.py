@@ -17,8 +17,10 @@ Adding a template family is one small instance (or subclass) in ``TEMPLATES``:
 
 from __future__ import annotations
 
+import re
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -71,6 +73,37 @@ class ChatTemplate(ABC):
         """Text before the first turn; ``system`` is the trimmed leading system content or null."""
         return pl.lit(self.bos_token)
 
+    def literals(self) -> list[str]:
+        """Every fixed string the template writes around content (eos already substituted)."""
+        return [self.bos_token, self.eos_token]
+
+    def special_tokens(self) -> list[str]:
+        """The special-token-shaped markers of the grammar (``<|eot_id|>``, ``</s>``, ``[INST]``, ...).
+
+        A tokenizer reads these as control tokens wherever they occur, so content holding one cannot
+        round-trip: the parse treats them as terminals that never appear inside a message. Plain-text
+        markers (``USER: ``, ``### Response:``) are not special tokens: content may mention them.
+        """
+        found = {m for lit in self.literals() for m in SPECIAL_TOKEN.findall(lit)}
+        return sorted(found)
+
+    def parse_texts(self, texts: pl.DataFrame) -> pl.DataFrame:
+        """Parse rendered ``text`` back into messages with the template's grammar, one row per input row.
+
+        Returns ``record_id``, ``messages`` (``role``, ``content``; null when the text does not parse)
+        and ``problem`` (why not, naming positions and markers, never text). Vectorized; see
+        ``roundtrip_ok`` for what a round trip means per family.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no parser")
+
+    def parse(self, text: str) -> list[dict[str, str]]:
+        """The messages ``text`` encodes; ``ValueError`` (without quoting text) if it does not parse."""
+        parsed = self.parse_texts(pl.DataFrame({"record_id": [""], "text": [text]}, schema=_TEXTS_SCHEMA))
+        problem = parsed["problem"][0]
+        if problem is not None:
+            raise ValueError(f"{self.name}: {problem}")
+        return parsed["messages"][0].to_list()
+
 
 @dataclass(frozen=True)
 class TurnTemplate(ChatTemplate):
@@ -84,6 +117,49 @@ class TurnTemplate(ChatTemplate):
     def turn(self, role: pl.Expr, content: pl.Expr) -> pl.Expr:
         end = self.end.replace("{eos}", self.eos_token)
         return pl.concat_str([pl.lit(self.start), role, pl.lit(self.sep), content, pl.lit(end)])
+
+    def literals(self) -> list[str]:
+        end = self.end.replace("{eos}", self.eos_token)
+        return [*super().literals(), *(self.start + role + self.sep + end for role in sorted(self.roles))]
+
+    def parse_texts(self, texts: pl.DataFrame) -> pl.DataFrame:
+        """``bos (start role sep content end)*``: split on the end marker, then read each turn's header.
+
+        The split is on the whole end marker (``<|im_end|>\n``), so content holding it yields a turn
+        without a header; any special token left inside a content is reported by ``_parsed``.
+        """
+        end = self.end.replace("{eos}", self.eos_token)
+        rows = texts.select("record_id", "text").with_row_index("_row")
+        body = pl.col("text").str.strip_prefix(self.bos_token)
+        rows = rows.with_columns(
+            pl.when(pl.col("text").is_null())
+            .then(pl.lit("there is no text"))
+            .when(~pl.col("text").str.starts_with(self.bos_token))
+            .then(pl.lit("the text does not start with the template's bos token"))
+            .when(~body.str.ends_with(end) | (body == ""))
+            .then(pl.lit("the text does not end with the template's end-of-turn marker"))
+            .alias("text_problem"),
+            body.str.strip_suffix(end).str.split(end).alias("piece"),
+        )
+        pieces = (
+            rows.filter(pl.col("text_problem").is_null())
+            .select("_row", "piece", pl.int_ranges(0, pl.col("piece").list.len()).alias("message_index"))
+            .explode("piece", "message_index")
+        )
+        roles = "|".join(pl.escape_regex(r) for r in sorted(self.roles))
+        header = f"^{pl.escape_regex(self.start)}({roles}){pl.escape_regex(self.sep)}(?s:(.*))$"
+        groups = pl.col("piece").str.extract_groups(header)
+        turns = pieces.select(
+            "_row",
+            pl.col("message_index").cast(pl.Int64),
+            groups.struct.field("1").alias("role"),
+            groups.struct.field("2").alias("content"),
+        ).with_columns(
+            pl.when(pl.col("role").is_null())
+            .then(pl.format("turn {} has no well-formed header", pl.col("message_index") + 1))
+            .alias("problem")
+        )
+        return _parsed(self, rows, turns)
 
 
 @dataclass(frozen=True)
@@ -131,6 +207,119 @@ class PreambleTemplate(ChatTemplate):
     def preamble(self, system: pl.Expr) -> pl.Expr:
         system_part = pl.concat_str([system, pl.lit("\n\n")]).fill_null("")
         return pl.concat_str([pl.lit(self.bos_token), system_part])
+
+    def literals(self) -> list[str]:
+        eos = self.eos_token
+        parts = [self.user_prefix, self.user_suffix, self.assistant_prefix, self.assistant_suffix]
+        return [*super().literals(), *(part.replace("{eos}", eos) for part in parts)]
+
+    def parse_texts(self, texts: pl.DataFrame) -> pl.DataFrame:
+        """``bos [system "\n\n"] (user assistant)* [user]``, roles given by the markers' positions.
+
+        The system preamble ends at the first ``"\n\n" + user_prefix`` (or is the whole body when no
+        turn follows); exchanges are split on the assistant suffix, and each exchange at the first
+        ``user_suffix + assistant_prefix``. Content holding one of those boundaries parses differently
+        from the record and so fails the round trip.
+        """
+        up, us, ap = self.user_prefix, self.user_suffix, self.assistant_prefix
+        end = self.assistant_suffix.replace("{eos}", self.eos_token)
+        cut = "\n\n"
+        rows = texts.select("record_id", "text").with_row_index("_row")
+        body = pl.col("text").str.strip_prefix(self.bos_token)
+        after_system = body.str.splitn(cut + up, 2)
+        opens_with_turn = body.str.starts_with(up)
+        rows = rows.with_columns(
+            pl.when(pl.col("text").is_null())
+            .then(pl.lit("there is no text"))
+            .when(~pl.col("text").str.starts_with(self.bos_token))
+            .then(pl.lit("the text does not start with the template's bos token"))
+            .when(
+                ~opens_with_turn & after_system.struct.field("field_1").is_null() & ~body.str.ends_with(cut)
+            )
+            .then(pl.lit("the text opens with neither a turn nor a terminated system preamble"))
+            .alias("text_problem"),
+            pl.when(opens_with_turn)
+            .then(None)
+            .when(after_system.struct.field("field_1").is_not_null())
+            .then(after_system.struct.field("field_0"))
+            .otherwise(body.str.strip_suffix(cut))
+            .alias("system"),
+            pl.when(opens_with_turn)
+            .then(body)
+            .when(after_system.struct.field("field_1").is_not_null())
+            .then(pl.concat_str([pl.lit(up), after_system.struct.field("field_1")]))
+            .otherwise(pl.lit(""))
+            .str.split(end)
+            .alias("exchange"),
+        )
+        good = rows.filter(pl.col("text_problem").is_null()).with_columns(
+            pl.col("system").is_not_null().cast(pl.Int64).alias("offset")
+        )
+        system = good.filter(pl.col("system").is_not_null()).select(
+            "_row",
+            pl.lit(0, pl.Int64).alias("message_index"),
+            pl.lit("system").alias("role"),
+            pl.col("system").alias("content"),
+            pl.lit(None, pl.String).alias("problem"),
+        )
+        # Every piece before the last is ``user_prefix u user_suffix assistant_prefix a``.
+        pairs = (
+            good.select(
+                "_row",
+                "offset",
+                pl.col("exchange").list.slice(0, pl.col("exchange").list.len() - 1),
+            )
+            .with_columns(pl.int_ranges(0, pl.col("exchange").list.len()).alias("i"))
+            .explode("exchange", "i", empty_as_null=False)
+            .with_columns(pl.col("exchange").str.splitn(us + ap, 2).alias("halves"))
+            .with_columns(
+                (pl.col("offset") + 2 * pl.col("i")).cast(pl.Int64).alias("message_index"),
+                pl.when(
+                    ~pl.col("halves").struct.field("field_0").str.starts_with(up)
+                    | pl.col("halves").struct.field("field_1").is_null()
+                )
+                .then(pl.format("exchange {} is not a marked user turn and assistant turn", pl.col("i") + 1))
+                .alias("problem"),
+            )
+        )
+        users = pairs.select(
+            "_row",
+            "message_index",
+            pl.lit("user").alias("role"),
+            pl.col("halves").struct.field("field_0").str.strip_prefix(up).alias("content"),
+            "problem",
+        )
+        assistants = pairs.select(
+            "_row",
+            pl.col("message_index") + 1,
+            pl.lit("assistant").alias("role"),
+            pl.col("halves").struct.field("field_1").alias("content"),
+            "problem",
+        )
+        # The last piece is empty (the text ends with an assistant turn) or one user turn.
+        tail = good.select(
+            "_row",
+            (pl.col("offset") + 2 * (pl.col("exchange").list.len() - 1))
+            .cast(pl.Int64)
+            .alias("message_index"),
+            pl.col("exchange").list.last().alias("piece"),
+        ).filter(pl.col("piece") != "")
+        well_formed = (
+            pl.col("piece").str.starts_with(up)
+            & pl.col("piece").str.ends_with(us)
+            & (pl.col("piece").str.len_chars() >= len(up) + len(us))
+        )
+        last_user = tail.select(
+            "_row",
+            "message_index",
+            pl.lit("user").alias("role"),
+            pl.col("piece")
+            .str.slice(len(up), pl.col("piece").str.len_chars() - len(up) - len(us))
+            .alias("content"),
+            pl.when(~well_formed).then(pl.lit("the text ends inside a turn")).alias("problem"),
+        )
+        turns = pl.concat([system, users, assistants, last_user])
+        return _parsed(self, rows, turns)
 
 
 TEMPLATES: dict[str, ChatTemplate] = {
@@ -322,6 +511,23 @@ def split_records(records: pl.DataFrame, ratios: dict[str, float], seed: int) ->
     return pl.DataFrame({"u": _stable_unit_interval(keys)}).select(bucket.alias("split"))["split"]
 
 
+def prompt_split_conflicts(records: pl.DataFrame) -> pl.Series:
+    """Per record, how many distinct splits hold records of its prompt group (1 means no leakage).
+
+    Groups are ``prompt_group_key`` as ``split_records`` uses it; a record without a user message is
+    its own group. Needs ``record_id``, ``messages`` and ``split``; a null split counts as one more.
+    """
+    prompt = prompt_group_key(pl.col("messages"))
+    group = (
+        pl.when(prompt.is_not_null())
+        .then(pl.concat_str([pl.lit("p:"), prompt]))
+        .otherwise(pl.concat_str([pl.lit("id:"), pl.col("record_id")]))
+    )
+    return records.select(
+        pl.col("split").n_unique().over(group).cast(pl.Int64).alias("prompt_group_splits")
+    ).to_series()
+
+
 # --------------------------------------------------------------------------------------------------
 # The stage
 
@@ -367,27 +573,49 @@ class Formatter:
         counters = {
             f"render_failed.{t.name}": p.height for t, p in zip(self.templates, problems, strict=True)
         }
-        failed = (
+        unrenderable = (
             pl.concat(problems)
             .group_by("record_id", maintain_order=True)
-            .agg(pl.format("{}: {}", pl.col("template"), pl.col("problem")).str.join("; ").alias("why"))
+            .agg(pl.format("{}: {}", pl.col("template"), pl.col("problem")).str.join("; ").alias("problem"))
+            .select(
+                "record_id",
+                pl.concat_str([pl.lit("cannot be rendered with "), pl.col("problem")]).alias("why"),
+            )
         )
-        bad = records.join(failed, on="record_id", how="inner", maintain_order="left")
-        rejected = rejections(
-            bad, RULE_RENDER_FAILED, pl.concat_str([pl.lit("cannot be rendered with "), pl.col("why")])
-        )
-
-        kept = records.join(failed, on="record_id", how="anti", maintain_order="left")
-        kept = kept.with_columns(
-            split_records(kept, self.config.splits, self.config.split_seed).alias("split")
-        )
-        good_turns = turns.join(failed, on="record_id", how="anti", maintain_order="left")
+        renderable = records.join(unrenderable, on="record_id", how="anti", maintain_order="left")
+        good_turns = turns.join(unrenderable, on="record_id", how="anti", maintain_order="left")
         renders = pl.concat(
             [
                 render(good_turns, t).select("record_id", pl.lit(t.name).alias("template"), "text")
                 for t in self.templates
             ]
         )
+        # A render that does not parse back into the same messages (a content holding the template's
+        # own control tokens, say) would teach the model a turn boundary that is not there.
+        trip = roundtrip_ok(renderable, renders, [t.name for t in self.templates])
+        counters["roundtrip_failed"] = (
+            trip.filter(~pl.col("ok")).select(pl.col("record_id").n_unique()).item()
+        )
+        unparsable = (
+            trip.filter(~pl.col("ok"))
+            .group_by("record_id", maintain_order=True)
+            .agg(pl.format("{}: {}", pl.col("template"), pl.col("problem")).str.join("; ").alias("problem"))
+            .select(
+                "record_id",
+                pl.concat_str(
+                    [pl.lit("rendered text does not parse back into its messages with "), pl.col("problem")]
+                ).alias("why"),
+            )
+        )
+        failed = pl.concat([unrenderable, unparsable])
+        bad = records.join(failed, on="record_id", how="inner", maintain_order="left")
+        rejected = rejections(bad, RULE_RENDER_FAILED, pl.col("why"))
+
+        kept = records.join(failed, on="record_id", how="anti", maintain_order="left")
+        kept = kept.with_columns(
+            split_records(kept, self.config.splits, self.config.split_seed).alias("split")
+        )
+        renders = renders.join(failed, on="record_id", how="anti", maintain_order="left")
 
         split_counts = kept.group_by("split").len()
         by_split = dict(zip(split_counts["split"].to_list(), split_counts["len"].to_list(), strict=True))
@@ -437,3 +665,231 @@ def export_release(kept: pl.DataFrame, renders: pl.DataFrame, out_dir: Path) -> 
         rows.select(pl.col("record_id").alias("id"), "text").write_ndjson(path)
         written[f"{template}/{split}"] = path
     return dict(sorted(written.items()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Round trip: every render parses back into exactly its record's messages
+
+# Control-token-shaped markers in a template's fixed strings: ``<|...|>``, ``<s>``/``</s>``, ``[INST]``.
+SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]+\|>|</?s>|\[/?[A-Z_]+\]")
+
+_TEXTS_SCHEMA = {"record_id": pl.String, "text": pl.String}
+_PARSED_SCHEMA = {"record_id": pl.String, "messages": pl.List(MESSAGE), "problem": pl.String}
+
+
+def _first_token(content: pl.Expr, tokens: list[str]) -> pl.Expr:
+    """The first of ``tokens`` occurring in ``content``, or null."""
+    if not tokens:
+        return pl.lit(None, pl.String)
+    return content.str.extract_many(tokens).list.first()
+
+
+def _parsed(template: ChatTemplate, rows: pl.DataFrame, turns: pl.DataFrame) -> pl.DataFrame:
+    """Assemble a parser's output: per input row its messages, or its first problem.
+
+    ``rows`` holds ``_row``, ``record_id``, ``text_problem``; ``turns`` one row per parsed message
+    (``_row``, ``message_index``, ``role``, ``content``, ``problem``). Special tokens are terminals of
+    every grammar, so a content still holding one is a problem here.
+    """
+    token = _first_token(pl.col("content"), template.special_tokens())
+    turns = turns.with_columns(
+        pl.coalesce(
+            "problem",
+            pl.when(token.is_not_null()).then(
+                pl.format(
+                    "turn {} holds the template's special token '{}'", pl.col("message_index") + 1, token
+                )
+            ),
+        ).alias("problem")
+    ).sort("_row", "message_index")
+    per_row = turns.group_by("_row").agg(
+        pl.col("problem").drop_nulls().first().alias("turn_problem"),
+        pl.struct("role", "content").alias("messages"),
+    )
+    out = rows.join(per_row, on="_row", how="left").sort("_row")
+    problem = pl.coalesce("text_problem", "turn_problem")
+    return out.select(
+        "record_id",
+        pl.when(problem.is_null())
+        .then(pl.col("messages").fill_null([]))
+        .cast(pl.List(MESSAGE))
+        .alias("messages"),
+        problem.alias("problem"),
+    )
+
+
+def expected_messages(messages: pl.Expr) -> pl.Expr:
+    """The messages as a render carries them: contents trimmed like the reference's ``| trim``."""
+    return messages.list.eval(
+        pl.struct(
+            pl.element().struct.field("role"),
+            jinja_trim(pl.element().struct.field("content")).alias("content"),
+        )
+    ).cast(pl.List(MESSAGE))
+
+
+def roundtrip_ok(
+    records: pl.DataFrame, renders: pl.DataFrame, templates: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """Whether every record's render parses back, with its template's grammar, into the record.
+
+    ``records`` needs ``record_id`` and ``messages`` (as kept, default system prompt included);
+    ``renders`` ``record_id``, ``template``, ``text`` (the formatted stage's table). ``templates``
+    defaults to those in ``renders``. Returns ``record_id``, ``template``, ``ok``, ``problem``: one
+    row per record and template, plus one per render without a record.
+
+    ``ok`` means the parse yields exactly the record's messages: roles and contents in order, the
+    system prompt included, each content trimmed as the template trims it (surrounding whitespace is
+    the one thing no template keeps). What that asks of a record, per family:
+
+    - Turn templates (llama3, chatml, phi-3, zephyr) name every role in a header, so the parse is
+      exact unless a content holds the end-of-turn marker.
+    - Preamble templates (mistral, vicuna, alpaca) have no system marker and no role names: the
+      system prompt is the text before the first user marker, and roles follow from marker
+      positions (user and assistant alternate). Vicuna's and Alpaca's markers are plain text, so a
+      content holding a boundary the parser splits on (``"\nASSISTANT: "`` in a user message,
+      ``"\n\n### Response:\n"`` in an instruction, ``"\n\nUSER: "`` in a system prompt) is read
+      differently and fails; mentioning a marker elsewhere is fine.
+    - Everywhere, special-token-shaped markers (``ChatTemplate.special_tokens``: ``<|eot_id|>``,
+      ``<|im_end|>``, ``</s>``, ``[INST]``, ...) cannot occur in a content: a tokenizer would read
+      them as control tokens, so such a record fails even where the text happens to parse.
+
+    Problems name message positions, roles and template markers, never record text.
+    """
+    names = (
+        list(templates)
+        if templates is not None
+        else renders["template"].unique(maintain_order=True).to_list()
+    )
+    unknown = [n for n in names if n not in TEMPLATES]
+    if unknown:
+        raise ValueError(f"unknown template(s) {unknown}; known: {sorted(TEMPLATES)}")
+    expected = records.select("record_id", expected_messages(pl.col("messages")).alias("expected"))
+    return pl.concat(
+        [_roundtrip_one(TEMPLATES[n], expected, renders.filter(pl.col("template") == n)) for n in names]
+    )
+
+
+def _roundtrip_one(template: ChatTemplate, expected: pl.DataFrame, renders: pl.DataFrame) -> pl.DataFrame:
+    parsed = template.parse_texts(renders.select("record_id", "text"))
+    parsed = parsed.with_columns(pl.len().over("record_id").alias("n_renders"))
+    both = expected.with_row_index("_k").join(
+        parsed, on="record_id", how="full", coalesce=True, maintain_order="left_right"
+    )
+    same = (pl.col("messages") == pl.col("expected")).fill_null(False)
+    both = both.with_columns(
+        pl.when(pl.col("_k").is_null())
+        .then(pl.lit("the render has no record"))
+        .when(pl.col("n_renders").is_null())
+        .then(pl.lit("the record has no render"))
+        .when(pl.col("n_renders") > 1)
+        .then(pl.lit("the record has more than one render"))
+        .when(pl.col("problem").is_null() & same)
+        .then(None)
+        .otherwise(pl.lit("?"))
+        .alias("problem"),
+        pl.col("problem").alias("parse_problem"),
+    )
+    failed = both.filter(pl.col("problem") == "?").with_row_index("_f")
+    if failed.height:
+        failed = failed.join(_explain(template, failed), on="_f", how="left")
+        both = both.join(failed.select("_k", "_f", pl.col("why")), on="_k", how="left").with_columns(
+            pl.when(pl.col("problem") == "?")
+            .then(pl.col("why"))
+            .otherwise(pl.col("problem"))
+            .alias("problem")
+        )
+    return both.select(
+        "record_id",
+        pl.lit(template.name).alias("template"),
+        pl.col("problem").is_null().alias("ok"),
+        "problem",
+    )
+
+
+def _explain(template: ChatTemplate, failed: pl.DataFrame) -> pl.DataFrame:
+    """``_f``, ``why``: the clearest reason a parsed render differs from its record.
+
+    In order: a record content holding a special token (the cause, stated on the record's side), the
+    parse's own problem, a message count that differs, the first message whose role or content differs.
+    """
+    expected = (
+        failed.select("_f", pl.col("expected").alias("m"))
+        .with_columns(pl.int_ranges(0, pl.col("m").list.len()).alias("i"))
+        .explode("m", "i")
+        .filter(pl.col("i").is_not_null())
+        .select(
+            "_f", "i", pl.col("m").struct.field("role").alias("role"), pl.col("m").struct.field("content")
+        )
+    )
+    token = _first_token(pl.col("content"), template.special_tokens())
+    holds_token = (
+        expected.filter(token.is_not_null())
+        .group_by("_f")
+        .agg(
+            pl.format(
+                "message {} ({}) holds the template's special token '{}'",
+                pl.col("i").first() + 1,
+                _role_phrase(pl.col("role")).first(),
+                token.first(),
+            ).alias("token_why")
+        )
+    )
+    parsed = (
+        failed.filter(pl.col("parse_problem").is_null())
+        .select("_f", pl.col("messages").alias("m"))
+        .with_columns(pl.int_ranges(0, pl.col("m").list.len()).alias("i"))
+        .explode("m", "i")
+        .filter(pl.col("i").is_not_null())
+        .select(
+            "_f",
+            "i",
+            pl.col("m").struct.field("role").alias("parsed_role"),
+            pl.col("m").struct.field("content").alias("parsed_content"),
+        )
+    )
+    differs = (
+        expected.join(parsed, on=["_f", "i"], how="inner")
+        .filter(
+            pl.col("role").ne_missing(pl.col("parsed_role"))
+            | pl.col("content").ne_missing(pl.col("parsed_content"))
+        )
+        .sort("_f", "i")
+        .group_by("_f", maintain_order=True)
+        .agg(
+            pl.when(pl.col("role").ne_missing(pl.col("parsed_role")))
+            .then(
+                pl.format(
+                    "message {} parses as {}, the record has {}",
+                    pl.col("i") + 1,
+                    _role_phrase(pl.col("parsed_role")),
+                    _role_phrase(pl.col("role")),
+                )
+            )
+            .otherwise(
+                pl.format("message {} ({}) parses to different content", pl.col("i") + 1, pl.col("role"))
+            )
+            .first()
+            .alias("diff_why")
+        )
+    )
+    count = pl.format(
+        "the text holds {} messages, the record {}",
+        pl.col("messages").list.len(),
+        pl.col("expected").list.len(),
+    )
+    return (
+        failed.select("_f", "parse_problem", "messages", "expected")
+        .join(holds_token, on="_f", how="left")
+        .join(differs, on="_f", how="left")
+        .select(
+            "_f",
+            pl.coalesce(
+                "token_why",
+                "parse_problem",
+                pl.when(pl.col("messages").list.len() != pl.col("expected").list.len()).then(count),
+                "diff_why",
+                pl.lit("the parsed messages differ from the record"),
+            ).alias("why"),
+        )
+    )

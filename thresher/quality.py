@@ -116,7 +116,20 @@ def check_view(con: duckdb.DuckDBPyConnection, stage: str, batch: str) -> pl.Dat
     """The flat view a stage's suite validates: ``quality_view`` of its stored records for ``batch``
     plus what only the store knows (how many kept records across all batches share a normalized text)."""
     where = {} if batch == RELEASE_BATCH else {"batch": batch}
-    view = quality_view(read_table(con, stage, where))
+    records = read_table(con, stage, where)
+    view = quality_view(records)
+    if stage == "formatted" and records.height and table_exists(con, "renders"):
+        from thresher.formatting import prompt_split_conflicts, roundtrip_ok
+
+        trip = roundtrip_ok(records, read_table(con, "renders", {"batch": RELEASE_BATCH}))
+        view = view.join(
+            trip.group_by("record_id").agg(pl.col("ok").all().alias("renders_round_trip")),
+            on="record_id",
+            how="left",
+        ).with_columns(
+            pl.col("renders_round_trip").fill_null(False),
+            prompt_split_conflicts(records).alias("prompt_group_splits"),
+        )
     if stage == "deduped" and table_exists(con, "dedup_index"):
         copies = query(
             con,

@@ -11,6 +11,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -20,7 +22,7 @@ from pipelines.resources import REPO_ROOT, ThresherResource
 from thresher import store as st
 from thresher.cleaning import redact_preview
 from thresher.config import DatasetConfig
-from thresher.lineage import DatasetRef, schema_of
+from thresher.lineage import CheckRun, DatasetRef
 from thresher.lineage import StageRun as LineageRun
 from thresher.quality import SuiteOutcome, check_view, failing_rows, quality_view, validate
 from thresher.stage import StageResult
@@ -39,6 +41,39 @@ CONFIG_SECTION = {
     "formatted": "format",
 }
 SAMPLE_ROWS = 5
+ASSETS_DIR = Path(__file__).resolve().parent
+# Columns a stage rewrites (the rest pass through unchanged and get IDENTITY lineage automatically).
+REWRITTEN_COLUMNS = {
+    "cleaned": {"messages": "MASKED"},  # formatting junk stripped, PII replaced by placeholders
+    "formatted": {"messages": "TRANSFORMATION"},  # a default system prompt may be prepended
+}
+
+
+def _nominal_time(run: dg.DagsterRun) -> datetime | None:
+    """The schedule's tick for scheduled runs (OpenLineage nominalTime); None for other runs."""
+    tick = run.tags.get("dagster/scheduled_execution_time")
+    return datetime.fromisoformat(tick) if tick else None
+
+
+@contextmanager
+def check_lineage(
+    context: dg.AssetCheckExecutionContext,
+    thresher: ThresherResource,
+    stage: str,
+    check: str,
+    dataset: DatasetRef,
+) -> Iterator[CheckRun]:
+    """The OpenLineage run of one asset-check evaluation; set ``.assertions`` on the handle."""
+    run = context.op_execution_context.run
+    with thresher.lineage.check_run(
+        f"thresher.{stage}.{check}",
+        parent_run_id=run.run_id,
+        parent_job_name=run.job_name,
+        dataset=dataset,
+        nominal_time=_nominal_time(run),
+        source_path=ASSETS_DIR / f"{stage}.py",
+    ) as lineage:
+        yield lineage
 
 
 def stage_config(thresher: ThresherResource, stage: str, overrides: dg.Config) -> DatasetConfig:
@@ -71,7 +106,7 @@ class StageRun:
             raise LookupError(f"table {table} does not exist yet: materialize {table} first")
         where = {} if all_batches else {"batch": self.batch}
         frame = st.read_table(self.con, table, where, order_by="batch, source_line, record_id")
-        self.lineage.inputs.append(DatasetRef(table, schema_of(frame), frame.height))
+        self.lineage.inputs.append(DatasetRef.from_frame(table, frame, metrics=True))
         return frame
 
     def write(self, result: StageResult) -> dg.MaterializeResult:
@@ -88,10 +123,16 @@ class StageRun:
         )
         kept = result.kept
         self.lineage.outputs = [
-            DatasetRef(self.stage, schema_of(kept), kept.height),
-            DatasetRef("rejections", {}, written.rejected),
-            *(DatasetRef(name, schema_of(t), t.height) for name, t in result.tables.items()),
+            DatasetRef.from_frame(self.stage, kept, version=True),
+            DatasetRef.from_frame("rejections", result.rejected),
+            *(DatasetRef.from_frame(name, table) for name, table in result.tables.items()),
         ]
+        self.lineage.rejections_by_rule = written.rejected_by_rule
+        if self.stage in REWRITTEN_COLUMNS:
+            upstream = st.UPSTREAM[self.stage]
+            self.lineage.declare_column_lineage(
+                self.stage, {c: [(upstream, c, kind)] for c, kind in REWRITTEN_COLUMNS[self.stage].items()}
+            )
         self.context.log.info(
             f"{self.stage}[{self.batch}]: {written.rows_in} in, {written.created} created, "
             f"{written.kept} kept, {written.rejected} rejected {written.rejected_by_rule}"
@@ -124,9 +165,11 @@ def stage_run(
         thresher.store().connect() as con,
         thresher.lineage.stage_run(
             f"thresher.{stage}",
-            parent_run_id=context.op_execution_context.run_id,
-            parent_job_name=context.job_name,
+            parent_run_id=context.run.run_id,
+            parent_job_name=context.run.job_name,
             inputs=[],
+            nominal_time=_nominal_time(context.run),
+            source_path=ASSETS_DIR / f"{stage}.py",
         ) as lineage,
     ):
         yield StageRun(context, thresher, stage, config, con, batch, lineage)
@@ -192,8 +235,12 @@ def stage_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
         context: dg.AssetCheckExecutionContext, thresher: ThresherResource
     ) -> dg.AssetCheckResult:
         batch = batch_of(context)
-        with thresher.store().connect() as con:
+        with (
+            thresher.store().connect() as con,
+            check_lineage(context, thresher, stage, "conservation", DatasetRef(stage)) as lineage,
+        ):
             balance = st.conservation(con, stage, batch)
+            lineage.assertions = [("conservation", balance.holds, None)]
             metadata = {
                 "rows_in": balance.rows_in,
                 "created": balance.created,
@@ -228,9 +275,14 @@ def stage_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
         context: dg.AssetCheckExecutionContext, thresher: ThresherResource
     ) -> dg.AssetCheckResult:
         batch = batch_of(context)
-        with thresher.store().connect() as con:
+        with (
+            thresher.store().connect() as con,
+            check_lineage(context, thresher, stage, "expectations", DatasetRef(stage)) as lineage,
+        ):
             view = check_view(con, stage, batch)
             outcome = validate(view, suite_path)
+            lineage.dataset = DatasetRef.from_frame(stage, view, metrics=True)
+            lineage.assertions = [(o.expectation, o.success, o.column, o.severity) for o in outcome.outcomes]
             rows = failing_rows(view, outcome)
             severity = (
                 dg.AssetCheckSeverity.ERROR if outcome.critical_failures else dg.AssetCheckSeverity.WARN

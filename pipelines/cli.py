@@ -226,6 +226,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage_flush(args: argparse.Namespace) -> int:
+    from thresher.lineage import flush_spool
+
+    resource = _resource()
+    sent, remaining = flush_spool(resource.lineage_spool_dir, resource.lineage_client(), timeout=args.timeout)
+    _emit(
+        args,
+        {"sent": sent, "remaining": remaining},
+        f"sent {sent} spooled event(s); {remaining} still spooled",
+    )
+    return 0 if remaining == 0 else 1
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
 
@@ -276,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("export", cmd_export, "write the release files (JSONL per split and template)")
     p.add_argument("--out", help="output folder (default THRESHER_HOME/release)")
+
+    p = command(
+        "lineage", cmd_lineage_flush, "send OpenLineage events spooled while the backend was unreachable"
+    )
+    p.add_argument("action", choices=["flush"])
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to keep trying")
 
     p = command("ui", cmd_ui, "serve the Dagster UI over THRESHER_HOME's instance")
     p.add_argument("--host", default="127.0.0.1")

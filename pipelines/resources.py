@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
+from openlineage.client import OpenLineageClient
 
 from thresher.config import DatasetConfig, load_config
 from thresher.lineage import LineageEmitter, lineage_client
@@ -56,9 +57,17 @@ class ThresherResource(dg.ConfigurableResource):
     def landing_dir(self) -> Path:
         return self.home_dir / self.dataset_config().landing_dir
 
+    @property
+    def lineage_spool_dir(self) -> Path:
+        return self.home_dir / "lineage" / "spool"
+
+    def lineage_client(self) -> OpenLineageClient:
+        """The user's OpenLineage transport, or the events file under THRESHER_HOME."""
+        return lineage_client(self.home_dir / "lineage" / "events.jsonl")
+
     @cached_property
     def lineage(self) -> LineageEmitter:
-        return LineageEmitter(lineage_client(self.home_dir / "lineage" / "events.jsonl"), self.database_path)
+        return LineageEmitter(self.lineage_client(), self.database_path, spool_dir=self.lineage_spool_dir)
 
 
 def resources_for_environment() -> dict[str, object]:

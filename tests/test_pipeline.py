@@ -168,7 +168,15 @@ def test_reingesting_a_batch_changes_nothing(home: Path) -> None:
 def test_every_lineage_event_is_valid(home: Path) -> None:
     events = [json.loads(line) for line in (home / "lineage" / "events.jsonl").read_text().splitlines()]
     assert {e["eventType"] for e in events} == {"START", "COMPLETE"}
-    assert {e["job"]["name"] for e in events} == {f"thresher.{s}" for s in STAGE_TABLES}
+    stage_jobs = {f"thresher.{s}" for s in STAGE_TABLES}
+    check_jobs = {f"thresher.{s}.{c}" for s in STAGE_TABLES for c in ("conservation", "expectations")}
+    assert {e["job"]["name"] for e in events} == stage_jobs | check_jobs
+    completed = [e for e in events if e["eventType"] == "COMPLETE"]
+    deduped = next(e for e in completed if e["job"]["name"] == "thresher.deduped")
+    assert deduped["run"]["facets"]["thresher_rejections"]["byRule"]
+    assert "dataQualityMetrics" in deduped["inputs"][0]["inputFacets"]
+    check = next(e for e in completed if e["job"]["name"] == "thresher.cleaned.expectations")
+    assert check["inputs"][0]["inputFacets"]["dataQualityAssertions"]["assertions"]
     for event in events:
         assert validate_event(event) == []
 

@@ -208,6 +208,7 @@ def cmd_checks(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from thresher.formatting import export_release
+    from thresher.sidecar import write_sidecar
 
     resource = _resource()
     out = Path(args.out) if args.out else resource.release_dir
@@ -220,7 +221,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             return 1
         kept = query(con, "SELECT * FROM formatted ORDER BY record_id")
         renders = query(con, "SELECT record_id, template, text FROM renders ORDER BY record_id, template")
-    files = export_release(kept, renders, out)
+        files = export_release(kept, renders, out) | write_sidecar(con, out)
     data = {name: str(path) for name, path in files.items()}
     _emit(args, data, "\n".join(f"wrote {path}" for path in data.values()))
     return 0
@@ -287,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failing", action="store_true", help="only failing checks")
     p.add_argument("--rows", action="store_true", help="show failing record ids")
 
-    p = command("export", cmd_export, "write the release files (JSONL per split and template)")
+    p = command(
+        "export", cmd_export, "write the release files (JSONL per split and template) and provenance sidecar"
+    )
     p.add_argument("--out", help="output folder (default THRESHER_HOME/release)")
 
     p = command(

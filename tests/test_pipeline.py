@@ -188,3 +188,20 @@ def test_the_release_is_exported_per_split_and_template(home: Path) -> None:
         assert [f.stem for f in files] == ["test", "train"]
         first = json.loads(files[0].read_text().splitlines()[0])
         assert "messages" in first if folder == "messages" else "text" in first
+
+
+def test_the_release_ships_its_provenance_for_an_auditor_with_duckdb_alone(home: Path) -> None:
+    import duckdb
+
+    sidecar = home / "release" / "provenance"
+    auditor = duckdb.connect()  # no Thresher, no store: just the files next to the data
+    released = sum(1 for _ in (home / "release" / "messages").glob("*.jsonl") for _ in _.open())
+    records = auditor.sql(
+        f"SELECT count(*), count(source_file) FROM '{sidecar / 'records.parquet'}'"
+    ).fetchall()[0]
+    assert records == (released, released)
+    dropped = auditor.sql(f"SELECT count(DISTINCT stage) FROM '{sidecar / 'rejections.parquet'}'").fetchall()[
+        0
+    ][0]
+    assert dropped >= 4
+    assert "SELECT" in (sidecar / "README.md").read_text()

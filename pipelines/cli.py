@@ -116,8 +116,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _trace_text(t: dict[str, Any]) -> str:
     src = t["source"]
     lines = [
-        f"record {t['record_id']}",
-        f"  source: {src.get('source_file')}:{src.get('source_line')} (batch {src.get('batch')})",
+        f"record {t['record_id']} ({src.get('origin')})",
+        f"  source: {src.get('source_file')}:{src.get('source_line')} (batch {src.get('batch')}, "
+        f"file sha256 {str(src.get('sha256'))[:12]}, format {src.get('source_format')}, license {src.get('license')})",
     ]
     for seed in t.get("seeds", []):
         s = seed["source"] or {}
@@ -127,7 +128,8 @@ def _trace_text(t: dict[str, Any]) -> str:
     if "synthesis" in t:
         syn = t["synthesis"]
         lines.append(
-            f"  synthesis: recipe {syn.get('recipe')}, template {syn.get('template_id')} ({syn.get('template_hash')})"
+            f"  synthesis: {syn.get('generator')} recipe {syn.get('recipe')} ({syn.get('kind')}), "
+            f"template {syn.get('template_id')} (hash {syn.get('template_hash')}), seed {syn.get('seed')}"
         )
     for step in t["stages"]:
         extra = ""

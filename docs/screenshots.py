@@ -50,10 +50,22 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     with dagster_webserver(home, config) as url:
         shoot(url, "/asset-groups/curation", "1-check-fails.png")
-        shoot(url, "/assets/cleaned?view=checks", "2-failing-rows.png", click="expectations", wait_for="failing_rows")
+        shoot(
+            url,
+            "/assets/cleaned?view=checks",
+            "2-failing-rows.png",
+            click="expectations",
+            wait_for="failing_rows",
+        )
         config.write_text(demo)  # the fix: emails are redacted again
         cli.main(["ingest", str(batch_file)])
-        shoot(url, "/assets/cleaned?view=checks", "3-check-passes.png", click="expectations", wait_for="Succeeded")
+        shoot(
+            url,
+            "/assets/cleaned?view=checks",
+            "3-check-passes.png",
+            click="expectations",
+            wait_for="Succeeded",
+        )
         shoot(url, "/assets/cleaned?view=events", "4-materialization.png", wait_for="rejections_by_rule")
 
 

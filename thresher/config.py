@@ -59,10 +59,67 @@ class MinHashConfig(_Section):
     )
 
 
+class RepetitionConfig(_Section):
+    """Intra-document repetition (Gopher-style fractions and repeated conversation turns)."""
+
+    enabled: bool = True
+    max_duplicate_line_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    max_duplicate_paragraph_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    max_duplicate_line_char_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    max_duplicate_paragraph_char_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    max_repeated_turn_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class BoilerplateConfig(_Section):
+    """Cross-document repetition: lines that recur across many records are removed from the text."""
+
+    enabled: bool = True
+    min_records: int = Field(20, ge=2, description="A line in at least this many records is boilerplate.")
+    min_line_chars: int = Field(20, ge=1, description="Shorter lines are never treated as boilerplate.")
+
+
+class BenchmarkFile(_Section):
+    name: str
+    path: str = Field(
+        description="File with the benchmark's items; relative paths resolve from the config file."
+    )
+    format: str | None = Field(None, description="Adapter name; auto-detected when null.")
+
+
+class DecontaminationConfig(_Section):
+    """Benchmark decontamination by n-gram overlap."""
+
+    enabled: bool = True
+    ngram: int = Field(13, ge=3, le=64)
+    benchmarks: list[BenchmarkFile] = Field(default_factory=list)
+
+
+class SemanticConfig(_Section):
+    """Semantic duplicates by embedding similarity (optional: needs the `semantic` extra)."""
+
+    enabled: bool = False
+    threshold: float = Field(
+        0.95, gt=0.0, le=1.0, description="Cosine similarity at which records are duplicates."
+    )
+
+
 class DedupConfig(_Section):
     exact: bool = True
+    scope: Literal["conversation", "first_user_turn", "any_turn", "assistant_response"] = Field(
+        "conversation", description="Which text two records must share to be duplicates."
+    )
+    keep: Literal["earliest", "longest", "quality", "source_priority"] = Field(
+        "earliest", description="Which member of a duplicate cluster is kept."
+    )
+    source_priority: list[str] = Field(
+        default_factory=list, description="Source file globs, most trusted first (keep: source_priority)."
+    )
     normalization: NormalizationConfig = NormalizationConfig()
     minhash: MinHashConfig = MinHashConfig()
+    repetition: RepetitionConfig = RepetitionConfig()
+    boilerplate: BoilerplateConfig = BoilerplateConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
+    semantic: SemanticConfig = SemanticConfig()
 
 
 PiiAction = Literal["placeholder", "drop"]

@@ -8,6 +8,7 @@ named counters. ``StageResult.check_conservation`` is the invariant the Dagster 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -16,6 +17,7 @@ from thresher.records import LEDGER_SCHEMA
 
 # Columns a stage fills in its ledger rows; the store adds stage, batch and run id.
 STAGE_LEDGER_COLUMNS = ["record_id", "rule", "detail", "source_file", "source_line"]
+STAGE_LEDGER_SCHEMA = {c: LEDGER_SCHEMA[c] for c in STAGE_LEDGER_COLUMNS}
 
 EDGE_SCHEMA: dict[str, pl.DataType] = {
     "child_id": pl.String,
@@ -63,3 +65,34 @@ class StageResult:
         overlap = self.kept.join(self.rejected, on="record_id", how="semi").height
         if overlap:
             raise AssertionError(f"{overlap} record(s) both kept and rejected")
+
+
+def chain(records: pl.DataFrame, steps: Sequence[Callable[[pl.DataFrame], StageResult]]) -> StageResult:
+    """Run ``steps`` one after another, each on what the previous one kept, as one stage result.
+
+    Ledger rows, created counts and counters add up; side tables of the same name are concatenated
+    (every step's ``edges``, say), so the stage's conservation is the sum of its steps'.
+    """
+    rows_in = records.height
+    rejected, created, counters = [], 0, {}
+    tables: dict[str, list[pl.DataFrame]] = {}
+    for step in steps:
+        result = step(records)
+        result.check_conservation()
+        records = result.kept
+        rejected.append(result.rejected)
+        created += result.created
+        for name, value in result.counters.items():
+            counters[name] = counters.get(name, 0) + value
+        for name, table in result.tables.items():
+            tables.setdefault(name, []).append(table)
+    return StageResult(
+        rows_in=rows_in,
+        kept=records,
+        rejected=pl.concat(rejected, how="vertical_relaxed")
+        if rejected
+        else pl.DataFrame(schema=STAGE_LEDGER_SCHEMA),
+        created=created,
+        tables={name: pl.concat(parts, how="diagonal_relaxed") for name, parts in tables.items()},
+        counters=counters,
+    )

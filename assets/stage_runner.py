@@ -109,7 +109,9 @@ class StageRun:
         self.lineage.inputs.append(DatasetRef.from_frame(table, frame, metrics=True))
         return frame
 
-    def write(self, result: StageResult) -> dg.MaterializeResult:
+    def write(
+        self, result: StageResult, extra_metadata: dict[str, dg.MetadataValue] | None = None
+    ) -> dg.MaterializeResult:
         section = CONFIG_SECTION[self.stage]
         section_config = self.config.model_dump(mode="json")[section]
         written = st.write_stage(
@@ -151,6 +153,7 @@ class StageRun:
                 "config": dg.MetadataValue.json(section_config),
                 "config_fingerprint": dg.MetadataValue.text(self.config.fingerprint()),
                 "lineage_run_id": dg.MetadataValue.text(self.lineage.run_id),
+                **(extra_metadata or {}),
             }
         )
 
@@ -211,7 +214,7 @@ def _sample_table(kept: pl.DataFrame) -> dg.MetadataValue:
         pl.concat_str(["source_file", pl.lit(":"), pl.col("source_line").cast(pl.String)]).alias("source"),
         redact_preview(pl.col("content")).alias("preview"),
     )
-    return _string_table(sample)
+    return table_metadata(sample)
 
 
 # --- checks -----------------------------------------------------------------------------------------
@@ -323,7 +326,7 @@ def stage_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
                 "suite": dg.MetadataValue.text(outcome.suite),
                 "evaluated_expectations": dg.MetadataValue.int(len(outcome.outcomes)),
                 "failures": _failures_table(failures),
-                "failing_rows": _string_table(rows),
+                "failing_rows": table_metadata(rows),
             },
         )
 
@@ -335,10 +338,14 @@ def _failure_summary(outcome: SuiteOutcome) -> str:
     return f"{len(outcome.failures)} of {len(outcome.outcomes)} expectations failed: {broken}"
 
 
-def _string_table(frame: pl.DataFrame) -> dg.MetadataValue:
+def table_metadata(frame: pl.DataFrame) -> dg.MetadataValue:
+    """A small frame as a metadata table (rendered inline in the UI)."""
+    kinds = {pl.Int64: "int", pl.Int32: "int", pl.UInt32: "int", pl.Float64: "float", pl.Boolean: "bool"}
     return dg.MetadataValue.table(
         records=[dg.TableRecord(row) for row in frame.to_dicts()],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in frame.columns]),
+        schema=dg.TableSchema(
+            columns=[dg.TableColumn(c, kinds.get(t, "string")) for c, t in frame.schema.items()]
+        ),
     )
 
 

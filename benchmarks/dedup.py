@@ -1,25 +1,29 @@
-"""Throughput and memory of the deduped stage, and of datasketch's MinHashLSH at equal parameters.
+"""Throughput, memory and pair accuracy of the deduped stage, beside datasketch (and DataTrove) MinHash.
 
-Generates random-word conversations with planted exact duplicates (case/punctuation variants) and
-near duplicates (each word substituted with probability 1.5%, so most
-long copies stay above Jaccard 0.8 on word 5-grams and short ones may fall below it), then times:
+Data: generated random-word conversations (100,000 and 1,000,000 records) with planted exact
+duplicates (case/punctuation variants) and near duplicates (each word substituted with probability
+1.5%, so most long copies stay above Jaccard 0.8 on word 5-grams and short ones may fall below it),
+and ../shared/corpora/neardup (every file: T0 prompts built from the same source texts by different
+templates, natural near duplicates).
 
-- thresher exact only (MinHash disabled) on all records,
-- thresher exact + near on all records,
-- thresher exact + near and datasketch MinHashLSH (bulk MinHash, insert-unless-query-hits) on a subset.
+Per data set, each in a fresh process (so peak RSS is its own):
+- thresher exact only (MinHash disabled), and exact + near, on all records;
+- datasketch MinHashLSH at equal parameters (same shingles, 128 permutations, same bands x rows) on a
+  subset (its per-record Python is too slow for a million records), and thresher on the same subset;
+- DataTrove's MinHash pipeline (signatures, buckets, clusters) on the same subset, when a Python with
+  datatrove is given (--datatrove-python);
+- pair precision/recall/F1 at the threshold on a sample (whole families of planted variants, or all
+  of neardup) against brute-force true Jaccard of the shingle sets (Python sets, sparse product).
 
-The records are generated once and written to Parquet; each measurement runs in a fresh process
-that reads them, so its peak RSS is its own ("data RSS" is the process with the records loaded,
-before the run). The subset is the first records of the same data. Prints a table, then one JSON object with the same figures on the last line.
-
-    .venv/bin/python benchmarks/dedup.py [--records 100000] [--subset 10000]
+    .venv/bin/python benchmarks/dedup.py [--sizes 100000 1000000] [--subset 20000] [--datatrove-python PY]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +36,21 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.conftest import CORPORA
 from thresher.config import DedupConfig, MinHashConfig
-from thresher.dedup import Deduplicator, dedup_texts, lsh_params
+from thresher.dedup import (
+    LSH_ERROR_WEIGHTS,
+    Deduplicator,
+    dedup_texts,
+    lsh_params,
+    near_duplicate_pairs,
+    shingle_set,
+)
 
 SEED = 1234
 VOCAB = 30_000
+MH = MinHashConfig()
+BANDS, ROWS = lsh_params(MH.threshold, MH.num_perm, *LSH_ERROR_WEIGHTS)
 
 
 def generate(n: int, seed: int = SEED) -> pl.DataFrame:
@@ -72,8 +86,11 @@ def generate(n: int, seed: int = SEED) -> pl.DataFrame:
     )
     exact_src = rng.integers(0, n_orig, n_exact)
     texts = pl.concat([texts, (texts.gather(exact_src).str.to_uppercase() + "!!")])
+    family = np.concatenate([np.arange(n_orig), near_src])
+    family = np.concatenate([family, family[exact_src]])
     order = rng.permutation(n)
     texts = texts.gather(order)
+    family = family[order]
     return pl.DataFrame(
         {
             "record_id": [f"bench:{i}" for i in range(n)],
@@ -85,8 +102,35 @@ def generate(n: int, seed: int = SEED) -> pl.DataFrame:
                 )
             ).to_series(),
             "source_line": np.arange(1, n + 1),
+            # Ground truth for sampling only: the original each record was derived from.
+            "family": family,
         }
     )
+
+
+def neardup_records() -> pl.DataFrame:
+    """Every file of CORPORA/neardup as user (prompt) / assistant (completion) records."""
+    frames = []
+    for k, path in enumerate(sorted((CORPORA / "neardup").rglob("*.jsonl"))):
+        frames.append(
+            pl.read_ndjson(path)
+            .with_row_index("line", offset=1)
+            .select(
+                pl.format("{}:{}", pl.lit(f"{k:012d}"), pl.col("line")).alias("record_id"),
+                pl.lit("neardup").alias("batch"),
+                pl.concat_list(
+                    pl.struct(role=pl.lit("user"), content=pl.col("prompt")),
+                    pl.struct(
+                        role=pl.lit("assistant"),
+                        content=pl.col("completion").str.replace("<|endoftext|>", "", literal=True),
+                    ),
+                ).alias("messages"),
+                pl.lit(path.name).alias("source_file"),
+                pl.col("line").cast(pl.Int64).alias("source_line"),
+                pl.lit(k, dtype=pl.Int64).alias("family"),
+            )
+        )
+    return pl.concat(frames)
 
 
 def _peak_rss_mb() -> float:
@@ -97,109 +141,246 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def _rss_mb() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+def _row(data: str, engine: str, phase: str, n: int, seconds: float, dups: int | None) -> dict:
+    return {
+        "data": data,
+        "engine": engine,
+        "phase": phase,
+        "records": n,
+        "seconds": seconds,
+        "records_per_s": n / seconds if seconds else float("nan"),
+        "peak_rss_mb": _peak_rss_mb(),
+        "duplicates": dups,
+    }
 
 
-def _load(path: str, n: int) -> tuple[pl.DataFrame, float]:
-    """The first ``n`` generated records, and the process's RSS once they are loaded (the baseline)."""
-    records = pl.read_parquet(path, n_rows=n)
-    return records, _rss_mb()
-
-
-def run_thresher(path: str, n: int, near: bool) -> dict:
-    records, data_rss = _load(path, n)
+def run_thresher(data: str, path: str, n: int, near: bool) -> dict:
+    records = pl.read_parquet(path, n_rows=n).drop("family")
     config = DedupConfig(minhash=MinHashConfig(enabled=near))
     start = time.perf_counter()
     result = Deduplicator(config).run(records)
     seconds = time.perf_counter() - start
     result.check_conservation()
-    return {
-        "engine": "thresher",
-        "phase": "exact+near" if near else "exact",
-        "records": n,
-        "seconds": seconds,
-        "records_per_s": n / seconds,
-        "data_rss_mb": data_rss,
-        "peak_rss_mb": _peak_rss_mb(),
-        "duplicates": result.rejected.height,
-    }
+    return _row(data, "thresher", "exact+near" if near else "exact", n, seconds, result.rejected.height)
 
 
-def run_datasketch(path: str, n: int) -> dict:
+def _shingle_bytes(texts: list[str]) -> list[list[bytes]]:
+    return [[" ".join(g).encode() for g in shingle_set(t, MH)] for t in texts]
+
+
+def run_datasketch(data: str, path: str, n: int) -> dict:
+    """Normalize, shingle, bulk MinHash, then insert each record unless an LSH query hits."""
     from datasketch import MinHash, MinHashLSH
 
-    records, data_rss = _load(path, n)
-    mh_config = MinHashConfig()
-    texts = dedup_texts(records, DedupConfig().normalization)
+    records = pl.read_parquet(path, n_rows=n)
     start = time.perf_counter()
-    shingle_sets = []
-    for text in texts.to_list():  # datasketch takes Python byte strings: shingling is per record here
-        tokens = text.split()
-        k = mh_config.ngram
-        grams = [tokens] if len(tokens) < k else [tokens[i : i + k] for i in range(len(tokens) - k + 1)]
-        shingle_sets.append([" ".join(g).encode() for g in grams])
-    minhashes = MinHash.bulk(shingle_sets, num_perm=mh_config.num_perm, seed=mh_config.seed)
-    lsh = MinHashLSH(threshold=mh_config.threshold, num_perm=mh_config.num_perm)
+    texts = dedup_texts(records, DedupConfig().normalization).to_list()
+    minhashes = MinHash.bulk(_shingle_bytes(texts), num_perm=MH.num_perm, seed=MH.seed)
+    lsh = MinHashLSH(threshold=MH.threshold, num_perm=MH.num_perm, params=(BANDS, ROWS))
     duplicates = 0
     for i, m in enumerate(minhashes):
         if lsh.query(m):
             duplicates += 1
         else:
             lsh.insert(str(i), m)
-    seconds = time.perf_counter() - start
-    return {
-        "engine": "datasketch",
-        "phase": "near (lsh)",
-        "records": n,
-        "seconds": seconds,
-        "records_per_s": n / seconds,
-        "data_rss_mb": data_rss,
-        "peak_rss_mb": _peak_rss_mb(),
-        "duplicates": duplicates,
+    return _row(data, "datasketch", "near (lsh)", n, time.perf_counter() - start, duplicates)
+
+
+DATATROVE_SCRIPT = """
+import json, sys, time
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
+    MinhashDedupSignature)
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.utils.hashing import HashConfig
+folder, work, bands, rows, ngram = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+config = MinhashConfig(n_grams=ngram, num_buckets=bands, hashes_per_bucket=rows, hash_config=HashConfig(hash_fc="xxhash", precision=64))
+start = time.perf_counter()
+for pipeline in (
+    [JsonlReader(folder), MinhashDedupSignature(output_folder=work + "/sigs", config=config)],
+    [MinhashDedupBuckets(input_folder=work + "/sigs", output_folder=work + "/buckets", config=config)],
+    [MinhashDedupCluster(input_folder=work + "/buckets", output_folder=work + "/remove", config=config)],
+):
+    tasks = bands if isinstance(pipeline[0], MinhashDedupBuckets) else 1
+    LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=work + "/logs").run()
+seconds = time.perf_counter() - start
+import glob, struct
+removed = sum(__import__("os").path.getsize(f) // 4 for f in glob.glob(work + "/remove/*.remove"))
+peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(json.dumps({"seconds": seconds, "duplicates": removed, "peak_rss_mb": int(peak) / 1024}))
+"""
+
+
+def run_datatrove(python: str, data: str, path: str, n: int) -> dict:
+    """DataTrove 0.10.1's MinHash pipeline (signatures, buckets, clusters) in its own interpreter."""
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = dedup_texts(pl.read_parquet(path, n_rows=n), DedupConfig().normalization)
+        Path(tmp, "in").mkdir()
+        pl.DataFrame({"id": [str(i) for i in range(n)], "text": texts}).write_ndjson(
+            Path(tmp, "in", "data.jsonl")
+        )
+        out = subprocess.run(
+            [
+                python,
+                "-c",
+                DATATROVE_SCRIPT,
+                f"{tmp}/in",
+                f"{tmp}/work",
+                str(BANDS),
+                str(ROWS),
+                str(MH.ngram),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+    row = _row(data, "datatrove", "near (pipeline)", n, got["seconds"], got["duplicates"])
+    row["peak_rss_mb"] = got["peak_rss_mb"]
+    return row
+
+
+def brute_force_pairs(texts: list[str]) -> dict[tuple[int, int], float]:
+    """True Jaccard of every pair of texts sharing a shingle (Python shingle sets, sparse product)."""
+    from scipy.sparse import csr_matrix, triu
+
+    vocabulary: dict[tuple[str, ...], int] = {}
+    rows, cols = [], []
+    for i, text in enumerate(texts):
+        for shingle in shingle_set(text, MH):
+            rows.append(i)
+            cols.append(vocabulary.setdefault(shingle, len(vocabulary)))
+    x = csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(texts), len(vocabulary)))
+    sizes = np.asarray(x.sum(axis=1)).ravel()
+    inter = triu(x @ x.T, k=1).tocoo()
+    jac = inter.data / (sizes[inter.row] + sizes[inter.col] - inter.data)
+    return {(int(i), int(j)): float(v) for i, j, v in zip(inter.row, inter.col, jac, strict=True)}
+
+
+def evaluate(data: str, path: str, n: int, sample: int) -> list[dict]:
+    """Pair precision/recall/F1 of thresher (LSH + true-Jaccard confirmation) and datasketch (LSH
+    candidates) against brute force, on a sample of whole families (so that it holds duplicates)."""
+    from datasketch import MinHash, MinHashLSH
+
+    records = pl.read_parquet(path, n_rows=n)
+    families = records["family"].unique().sort()
+    if records.height > sample:
+        rng = np.random.default_rng(SEED)
+        chosen = rng.choice(families.to_numpy(), size=min(len(families), int(sample / 1.2)), replace=False)
+        records = records.filter(pl.col("family").is_in(pl.Series(chosen).implode()))
+    texts = dedup_texts(records, DedupConfig().normalization).to_list()
+    truth_j = brute_force_pairs(texts)
+    truth = {p for p, v in truth_j.items() if v >= MH.threshold}
+    found = {}
+    found["thresher"] = set(near_duplicate_pairs(pl.Series(texts), MH).select("i", "j").iter_rows())
+    minhashes = MinHash.bulk(_shingle_bytes(texts), num_perm=MH.num_perm, seed=MH.seed)
+    lsh = MinHashLSH(threshold=MH.threshold, num_perm=MH.num_perm, params=(BANDS, ROWS))
+    for i, m in enumerate(minhashes):
+        lsh.insert(i, m)
+    found["datasketch"] = {
+        (min(i, j), max(i, j)) for i, m in enumerate(minhashes) for j in lsh.query(m) if j != i
     }
+    out = []
+    for engine, pairs in found.items():
+        tp = len(pairs & truth)
+        precision = tp / len(pairs) if pairs else 1.0
+        recall = tp / len(truth) if truth else 1.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.append(
+            {
+                "data": data,
+                "engine": engine,
+                "sample": len(texts),
+                "true_pairs": len(truth),
+                "found_pairs": len(pairs),
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+                "found_below_threshold": len(pairs - truth),
+            }
+        )
+    return out
 
 
-def in_fresh_process(fn, *args) -> dict:
+def in_fresh_process(fn, *args):
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--subset", type=int, default=10_000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--subset", type=int, default=20_000)
+    parser.add_argument("--sample", type=int, default=5_000)
+    parser.add_argument("--datatrove-python", default=os.environ.get("DATATROVE_PYTHON"))
     args = parser.parse_args()
+    runs, accuracy, notes = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "records.parquet")
-        generate(args.records).write_parquet(path)
-        rows = [
-            in_fresh_process(run_thresher, path, args.records, False),
-            in_fresh_process(run_thresher, path, args.records, True),
-            in_fresh_process(run_thresher, path, args.subset, True),
-            in_fresh_process(run_datasketch, path, args.subset),
-        ]
-    bands, rows_per_band = lsh_params(MinHashConfig().threshold, MinHashConfig().num_perm)
+        datasets = []
+        for size in args.sizes:
+            path = str(Path(tmp) / f"generated_{size}.parquet")
+            generate(size).write_parquet(path)
+            datasets.append((f"generated {size}", path, size))
+        path = str(Path(tmp) / "neardup.parquet")
+        neardup = neardup_records()
+        neardup.write_parquet(path)
+        datasets.append(("neardup", path, neardup.height))
+        for name, path, size in datasets:
+            subset = min(size, args.subset)
+            runs.append(in_fresh_process(run_thresher, name, path, size, False))
+            runs.append(in_fresh_process(run_thresher, name, path, size, True))
+            if subset < size:
+                runs.append(in_fresh_process(run_thresher, name, path, subset, True))
+            runs.append(in_fresh_process(run_datasketch, name, path, subset))
+            if args.datatrove_python:
+                try:
+                    runs.append(run_datatrove(args.datatrove_python, name, path, subset))
+                except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+                    notes.append(f"datatrove failed on {name}: {type(exc).__name__}")
+            accuracy.extend(in_fresh_process(evaluate, name, path, size, args.sample))
+    if not args.datatrove_python:
+        notes.append("datatrove not run: pass --datatrove-python with a Python that has datatrove==0.10.1")
     print(
-        f"num_perm={MinHashConfig().num_perm} threshold={MinHashConfig().threshold} "
-        f"shingles=word {MinHashConfig().ngram}-grams lsh bands={bands} rows={rows_per_band}; "
-        f"planted: 5% exact, 10% near duplicates"
+        f"num_perm={MH.num_perm} threshold={MH.threshold} shingles=word {MH.ngram}-grams lsh bands={BANDS} "
+        f"rows={ROWS}; generated: 5% exact, 10% near duplicates planted; datasketch/datatrove on the first "
+        f"{args.subset} records (too slow for a million)"
     )
     header = (
-        f"{'engine':<11} {'phase':<11} {'records':>8} {'seconds':>8} {'records/s':>10} "
-        f"{'data RSS MB':>12} {'peak RSS MB':>12} {'dups':>7}"
+        f"{'data':<18} {'engine':<10} {'phase':<15} {'records':>8} {'seconds':>8} {'records/s':>10} "
+        f"{'peak RSS MB':>12} {'dups':>7}"
     )
     print(header)
     print("-" * len(header))
-    for r in rows:
+    for r in runs:
         print(
-            f"{r['engine']:<11} {r['phase']:<11} {r['records']:>8} {r['seconds']:>8.2f} "
-            f"{r['records_per_s']:>10.0f} {r['data_rss_mb']:>12.0f} {r['peak_rss_mb']:>12.0f} {r['duplicates']:>7}"
+            f"{r['data']:<18} {r['engine']:<10} {r['phase']:<15} {r['records']:>8} {r['seconds']:>8.2f} "
+            f"{r['records_per_s']:>10.0f} {r['peak_rss_mb']:>12.0f} {r['duplicates']:>7}"
         )
+    print()
+    header = (
+        f"{'data':<18} {'engine':<10} {'sample':>7} {'true pairs':>10} {'found':>7} {'precision':>9} "
+        f"{'recall':>7} {'F1':>6} {'below t':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for a in accuracy:
+        print(
+            f"{a['data']:<18} {a['engine']:<10} {a['sample']:>7} {a['true_pairs']:>10} {a['found_pairs']:>7} "
+            f"{a['precision']:>9.3f} {a['recall']:>7.3f} {a['f1']:>6.3f} {a['found_below_threshold']:>7}"
+        )
+    for note in notes:
+        print(note)
+
+    def rounded(row: dict) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+
     summary = {
-        "bands": bands,
-        "rows": rows_per_band,
-        "results": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+        "bands": BANDS,
+        "rows": ROWS,
+        "subset": args.subset,
+        "runs": [rounded(r) for r in runs],
+        "accuracy": [rounded(a) for a in accuracy],
+        "notes": notes,
     }
     print(json.dumps(summary))
 

@@ -43,11 +43,18 @@ class NormalizationConfig(_Section):
 
 
 class MinHashConfig(_Section):
+    """Near duplicates: LSH over one-permutation MinHash, candidates confirmed by true Jaccard."""
+
     enabled: bool = True
     threshold: float = Field(
-        0.8, gt=0.0, le=1.0, description="Jaccard similarity at which records are duplicates."
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="True Jaccard similarity of the shingle sets at which records are duplicates.",
     )
-    num_perm: int = Field(128, ge=16, le=1024)
+    num_perm: int = Field(
+        128, ge=16, le=1024, description="Signature length (bins of one-permutation MinHash)."
+    )
     shingle: Literal["word", "char"] = "word"
     ngram: int = Field(5, ge=1, le=32)
     seed: int = 42
@@ -60,14 +67,66 @@ class MinHashConfig(_Section):
 
 
 class RepetitionConfig(_Section):
-    """Intra-document repetition (Gopher-style fractions and repeated conversation turns)."""
+    """Intra-document repetition: Gopher-style fractions over the assistant text and repeated turns.
+
+    Every threshold is a maximum: a record whose measured value is above it is rejected. The Gopher
+    values (Rae et al. 2021, table A1) are the defaults. A statistic is only measured on texts long
+    enough for it to mean something (``min_lines``, ``min_paragraphs``, ``min_words``, ``min_turns``).
+    """
 
     enabled: bool = True
-    max_duplicate_line_fraction: float = Field(0.3, ge=0.0, le=1.0)
-    max_duplicate_paragraph_fraction: float = Field(0.3, ge=0.0, le=1.0)
-    max_duplicate_line_char_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    max_duplicate_paragraph_char_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    max_repeated_turn_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    max_duplicate_line_fraction: float = Field(
+        0.3, ge=0.0, le=1.0, description="Share of lines that repeat an earlier line."
+    )
+    max_duplicate_paragraph_fraction: float = Field(
+        0.3, ge=0.0, le=1.0, description="Share of paragraphs that repeat an earlier paragraph."
+    )
+    max_duplicate_line_char_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="Share of line characters in lines that repeat an earlier line."
+    )
+    max_duplicate_paragraph_char_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="Share of characters in paragraphs that repeat an earlier one."
+    )
+    max_top_2gram_char_fraction: float = Field(
+        0.20, ge=0.0, le=1.0, description="Share of word characters in the most frequent word 2-gram."
+    )
+    max_top_3gram_char_fraction: float = Field(0.18, ge=0.0, le=1.0)
+    max_top_4gram_char_fraction: float = Field(0.16, ge=0.0, le=1.0)
+    max_duplicate_5gram_char_fraction: float = Field(
+        0.15, ge=0.0, le=1.0, description="Share of word characters covered by word 5-grams seen twice+."
+    )
+    max_duplicate_6gram_char_fraction: float = Field(0.14, ge=0.0, le=1.0)
+    max_duplicate_7gram_char_fraction: float = Field(0.13, ge=0.0, le=1.0)
+    max_duplicate_8gram_char_fraction: float = Field(0.12, ge=0.0, le=1.0)
+    max_duplicate_9gram_char_fraction: float = Field(0.11, ge=0.0, le=1.0)
+    max_duplicate_10gram_char_fraction: float = Field(0.10, ge=0.0, le=1.0)
+    max_repeated_turn_fraction: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Share of user and assistant turns that repeat an earlier turn of the same role "
+        "(a conversation said twice over is 0.5).",
+    )
+    min_lines: int = Field(3, ge=2, description="Line rules measure texts with at least this many lines.")
+    min_paragraphs: int = Field(
+        2, ge=2, description="Paragraph rules measure texts with at least this many paragraphs."
+    )
+    min_words: int = Field(50, ge=1, description="N-gram rules measure texts with at least this many words.")
+    ngram_skip_tasks: list[str] = Field(
+        default_factory=lambda: ["math"],
+        description="Tasks the n-gram rules do not measure: worked math answers restate their quantities "
+        "(Gopher's thresholds flag 24% of GSM8K's test answers).",
+    )
+    min_turns: int = Field(
+        3,
+        ge=2,
+        description="repeated_turns measures conversations with at least this many user/assistant turns.",
+    )
+    min_repeated_turn_chars: int = Field(
+        20,
+        ge=0,
+        description="Shorter turns (normalized) never count as repeats: 'continue' or 'thanks' recur legitimately.",
+    )
 
 
 class BoilerplateConfig(_Section):
@@ -76,22 +135,60 @@ class BoilerplateConfig(_Section):
     enabled: bool = True
     min_records: int = Field(20, ge=2, description="A line in at least this many records is boilerplate.")
     min_line_chars: int = Field(20, ge=1, description="Shorter lines are never treated as boilerplate.")
+    roles: list[Literal["system", "user", "assistant", "tool"]] = Field(
+        default_factory=lambda: ["assistant"],
+        description="Roles whose messages lose their boilerplate lines. System prompts and user "
+        "instruction templates recur by design, so only assistant text by default.",
+    )
+    empty_message: Literal["reject", "keep"] = Field(
+        "reject",
+        description="A message whose every line is boilerplate: reject its record (empty_after_boilerplate) "
+        "or keep the message whole (templated answers, class labels written as sentences).",
+    )
 
 
 class BenchmarkFile(_Section):
-    name: str
+    """One evaluation set that training records must not overlap."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Short name used in counters (contamination.<name>) and ledger details.",
+    )
     path: str = Field(
         description="File with the benchmark's items; relative paths resolve from the config file."
     )
-    format: str | None = Field(None, description="Adapter name; auto-detected when null.")
+    format: str | None = Field(
+        None,
+        description="Adapter name (thresher.ingest), e.g. humaneval, mbpp, gsm8k; null or auto detects it.",
+    )
 
 
 class DecontaminationConfig(_Section):
-    """Benchmark decontamination by n-gram overlap."""
+    """Benchmark decontamination by n-gram overlap (13-grams as in GPT-3; see thresher/decontamination.py)."""
 
     enabled: bool = True
-    ngram: int = Field(13, ge=3, le=64)
+    ngram: int = Field(
+        13,
+        ge=3,
+        le=64,
+        description="Words per gram; items shorter than this are matched on their whole text.",
+    )
+    boilerplate_share: float = Field(
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description="Word 5-grams in at least this share of a benchmark's items (and at least 10 items) are "
+        "its format's template, not content: grams touching them are not compared. 1 disables.",
+    )
     benchmarks: list[BenchmarkFile] = Field(default_factory=list)
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique_benchmark_names(cls, benchmarks: list[BenchmarkFile]) -> list[BenchmarkFile]:
+        names = [b.name for b in benchmarks]
+        if len(names) != len(set(names)):
+            raise ValueError(f"benchmark names must be unique, got {names}")
+        return benchmarks
 
 
 class SemanticConfig(_Section):
@@ -99,8 +196,27 @@ class SemanticConfig(_Section):
 
     enabled: bool = False
     threshold: float = Field(
-        0.95, gt=0.0, le=1.0, description="Cosine similarity at which records are duplicates."
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="Cosine similarity at which records are duplicates (all-MiniLM-L6-v2: paraphrases "
+        "measured 0.85-0.97, unrelated texts at most 0.27).",
     )
+    max_tokens: int = Field(
+        256, ge=8, le=256, description="Tokens embedded per record (all-MiniLM-L6-v2 reads at most 256)."
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="Texts per forward pass of the embedding model.")
+    clusters: int | None = Field(
+        None, ge=1, description="k-means clusters compared within (SemDeDup); null: about sqrt(records)."
+    )
+    exhaustive_pairs: int = Field(
+        25_000_000,
+        ge=0,
+        description="Compare every record with every other (no clustering) while records x (records + "
+        "prior) stays at or below this.",
+    )
+    kmeans_iterations: int = Field(20, ge=1, le=1000)
+    seed: int = 0
 
 
 class DedupConfig(_Section):

@@ -1,26 +1,36 @@
 """The deduped stage: exact and near-duplicate removal, global across batches.
 
-A record's dedup text is its whole conversation ("role: content" per message, joined with newlines),
-normalized (NFKC, lowercase, punctuation stripped, whitespace collapsed; each switchable). Two records
-are *exact* duplicates when their normalized texts hash equal (xxh3_64), and *near* duplicates when
-the Jaccard similarity of their shingle sets, estimated by MinHash, reaches the threshold. Candidate
-pairs come from LSH banding; every candidate is confirmed on its signatures, and confirmed pairs are
-clustered transitively. Each cluster keeps one record (a prior batch's record if the cluster has one,
-since that record is already in the dataset; otherwise the one the keep rule prefers).
+What is compared is set by ``DedupConfig.scope``: the whole conversation ("role: content" per message,
+joined with newlines), the first user turn, every single turn (``any_turn``: two records are duplicates
+when any one of their user/assistant/tool turns is identical after normalization; exact matching
+only, near matching then compares whole conversations), or the assistant response(s). The text is
+normalized (NFKC, lowercase, punctuation stripped, whitespace collapsed; each switchable). Records with
+no text in the scope (say, no user turn) are not compared and stay kept.
 
-Everything that is persisted (exact hashes, signatures) is computed from xxhash and fixed integer
-arithmetic, so it stays comparable across processes, machines and library upgrades: the dedup index
-of earlier batches is compared with new batches for the life of the dataset.
+Two records are *exact* duplicates when their normalized texts hash equal (xxh3_64), and *near*
+duplicates when the Jaccard similarity of their shingle sets (word or character n-grams) reaches the
+threshold. Candidate pairs come from LSH banding over one-permutation MinHash signatures with optimal
+densification; every candidate is then confirmed by its *true* Jaccard, computed from the two shingle
+sets, so no pair below the threshold is ever removed. Confirmed pairs are clustered (connected
+components); each cluster keeps one record: a prior batch's record if the cluster has one (that record
+is already in the dataset), otherwise the one the keep rule (``DedupConfig.keep``) prefers.
+
+Everything that is persisted (exact hashes, shingle hashes, signatures) comes from xxhash or fixed
+integer arithmetic in numpy, so it stays comparable across processes, machines and library upgrades:
+the dedup index of earlier batches is compared with new batches for the life of the dataset.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import fnmatch
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 from scipy import integrate
 from scipy.sparse import coo_matrix
@@ -34,10 +44,14 @@ from thresher.stage import EDGE_SCHEMA, StageResult
 INDEX_SCHEMA: dict[str, pl.DataType] = {
     "record_id": pl.String,
     "batch": pl.String,
-    # xxh3_64 of the normalized conversation text.
+    # xxh3_64 of the normalized scope text; null when the record had no text in the scope.
     "exact_hash": pl.UInt64,
-    # MinHash signature (num_perm values below 2^61 - 1); null when MinHash is disabled.
-    "signature": pl.List(pl.UInt64),
+    # scope any_turn: xxh3_64 of each normalized user/assistant/tool turn; null for other scopes.
+    "turn_hashes": pl.List(pl.UInt64),
+    # One-permutation MinHash signature (num_perm bins); null when MinHash is disabled.
+    "signature": pl.List(pl.UInt32),
+    # The record's shingle set as sorted 32-bit hashes: confirms later candidates by true Jaccard.
+    "shingles": pl.List(pl.UInt32),
     # What the hashes depend on (see ``index_params``); rows with other params are not comparable.
     "params": pl.String,
 }
@@ -48,31 +62,38 @@ CLUSTER_SCHEMA: dict[str, pl.DataType] = {
     "record_id": pl.String,
     "batch": pl.String,
     "kept": pl.Boolean,
-    "similarity": pl.Float64,  # estimated Jaccard to the kept record (1.0 for exact duplicates)
+    "similarity": pl.Float64,  # true Jaccard to the kept record (1.0 for exact duplicates)
 }
 
 # Bump when the hashing below changes in any way: old indexes then fail loudly instead of silently
-# never matching.
-HASH_VERSION = "v1"
+# never matching. v2: byte-span shingle hashes, one-permutation MinHash with 32-bit values, scopes.
+HASH_VERSION = "v2"
 
 # (false positive, false negative) weights for choosing bands x rows. Every candidate pair is
-# confirmed by its estimated Jaccard, so a false candidate costs only a comparison while a missed
-# one is a duplicate left in the data: weigh misses 9:1. At threshold 0.8 and 128 permutations this
-# gives 14 bands of 9 rows: a pair at J=0.85 becomes a candidate with probability 0.975 (equal
-# weights: 9 x 13, probability 0.69).
+# confirmed by its true Jaccard, so a false candidate costs only a set comparison while a missed
+# one is a duplicate left in the data: weigh misses 9:1 (at 0.8 and 128 bins: 14 bands of 9 rows).
 LSH_ERROR_WEIGHTS = (0.1, 0.9)
 
-_MERSENNE_61 = np.uint64((1 << 61) - 1)
-_MASK_32 = np.uint64((1 << 32) - 1)
-_MASK_29 = np.uint64((1 << 29) - 1)
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _FOLD_OFFSET = np.uint64(0xCBF29CE484222325)  # FNV-1a 64 offset basis
 _FOLD_PRIME = np.uint64(0x100000001B3)  # FNV-1a 64 prime
-# Shingles hashed per block when permuting: num_perm x block uint64 buffers of a few MB.
-_PERMUTE_BLOCK = 4096
-# Texts shingled at a time.
-_TEXT_CHUNK = 16384
-# Candidate pairs confirmed per block (pairs x num_perm comparisons).
-_CONFIRM_BLOCK = 65536
+# Polynomial string hash base (odd, so invertible mod 2^64) and its inverse.
+_POLY = 0x9E3779B97F4A7C15
+_POLY_INV = pow(_POLY, -1, 1 << 64)
+# Texts shingled at a time: bounds the per-byte uint64 arrays (8 x bytes) of one block.
+_TEXT_CHUNK = 8192
+# Pair-set elements compared per block when computing true Jaccard.
+_JACCARD_BLOCK = 2_000_000
+# Densification gives up after this many probes (probability of needing more: < 1e-14).
+_MAX_PROBES = 4096
+_EMPTY_BIN = np.uint32(0xFFFFFFFF)
+# Densification probes precomputed per bin (later attempts are hashed on the fly).
+_PROBE_TABLE = 64
+# Records folded into band keys at a time.
+_BAND_BLOCK = 16384
+
+SCOPES = ("conversation", "first_user_turn", "any_turn", "assistant_response")
+KEEP_RULES = ("earliest", "longest", "quality", "source_priority")
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -89,6 +110,28 @@ def conversation_text(messages: pl.Expr | None = None) -> pl.Expr:
     content = pl.element().struct.field("content").fill_null("")
     line = pl.concat_str([role, pl.lit(": "), content])
     return messages.list.eval(line).list.join("\n").fill_null("")
+
+
+def _role_contents(role: str) -> pl.Expr:
+    """The contents of the messages with ``role``, as a list per record."""
+    return pl.col("messages").list.eval(
+        pl.element().filter(pl.element().struct.field("role") == role).struct.field("content").fill_null("")
+    )
+
+
+def scope_text(scope: str) -> pl.Expr:
+    """The raw text a scope compares: the conversation, the first user turn, or the assistant turns.
+
+    ``any_turn`` compares single turns exactly (see ``turn_texts``) and whole conversations for near
+    duplicates, so its text here is the conversation.
+    """
+    if scope in ("conversation", "any_turn"):
+        return conversation_text()
+    if scope == "first_user_turn":
+        return _role_contents("user").list.first().fill_null("")
+    if scope == "assistant_response":
+        return _role_contents("assistant").list.join("\n").fill_null("")
+    raise ValueError(f"unknown dedup scope {scope!r}; known: {SCOPES}")
 
 
 def normalize(texts: pl.Series, config: NormalizationConfig) -> pl.Series:
@@ -110,9 +153,26 @@ def normalize(texts: pl.Series, config: NormalizationConfig) -> pl.Series:
     return texts
 
 
-def dedup_texts(records: pl.DataFrame, config: NormalizationConfig) -> pl.Series:
-    """The normalized conversation text of each record: what both exact and near matching compare."""
-    return normalize(records.select(conversation_text()).to_series(), config).alias("text")
+def dedup_texts(records: pl.DataFrame, config: NormalizationConfig, scope: str = "conversation") -> pl.Series:
+    """The normalized scope text of each record: what exact and near matching compare."""
+    return normalize(records.select(scope_text(scope)).to_series(), config).alias("text")
+
+
+def turn_texts(records: pl.DataFrame, config: NormalizationConfig) -> pl.DataFrame:
+    """Scope any_turn: one row (``row``, ``text``) per non-empty normalized user/assistant/tool turn.
+
+    System prompts are left out: one shared system prompt would otherwise make whole datasets duplicates.
+    """
+    turns = (
+        records.select(pl.col("messages"))
+        .with_row_index("row")
+        .explode("messages", empty_as_null=False)
+        .drop_nulls("messages")
+        .filter(pl.col("messages").struct.field("role") != "system")
+        .select("row", pl.col("messages").struct.field("content").fill_null("").alias("text"))
+    )
+    turns = turns.with_columns(normalize(turns["text"], config))
+    return turns.filter(pl.col("text") != "")
 
 
 def exact_hashes(texts: pl.Series) -> np.ndarray:
@@ -149,8 +209,8 @@ def index_params(config: DedupConfig) -> str:
         if on
     )
     mh = config.minhash
-    minhash = f"{mh.shingle}{mh.ngram}x{mh.num_perm}s{mh.seed}" if mh.enabled else "off"
-    return f"{HASH_VERSION} norm={flags or 'none'} minhash={minhash}"
+    minhash = f"oph-{mh.shingle}{mh.ngram}x{mh.num_perm}s{mh.seed}" if mh.enabled else "off"
+    return f"{HASH_VERSION} scope={config.scope} norm={flags or 'none'} minhash={minhash}"
 
 
 # ------------------------------------------------------------------------------------------ minhash
@@ -165,134 +225,248 @@ def _fmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(33))
 
 
-def _token_hashes(tokens: pl.Series) -> np.ndarray:
-    """xxh3_64 of each token, computed once per distinct token (the vocabulary is far smaller than
-    the token stream, so the Python loop stays off the hot path)."""
-    vocab = tokens.unique()
-    digest = xxhash.xxh3_64_intdigest
-    hashed = np.fromiter((digest(t.encode()) for t in vocab.to_list()), dtype=np.uint64, count=len(vocab))
-    table = pl.DataFrame({"token": vocab, "hash": pl.Series(hashed, dtype=pl.UInt64)})
-    stream = pl.DataFrame({"token": tokens})
-    return stream.join(table, on="token", how="left", maintain_order="left")["hash"].to_numpy()
+_POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
+
+
+def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``P^k`` and ``P^-k`` mod 2^64 for k < size (cached, grown on demand).
+
+    Two levels (``P^(aB + b) = P^(aB) * P^b``) turn a sequential ``cumprod`` over ``size`` values into
+    one vectorized outer product.
+    """
+    global _POWERS
+    if len(_POWERS[0]) < size:
+        low = 4096
+        high = -(-max(size, 2 * len(_POWERS[0])) // low)
+        tables = []
+        for base in (_POLY, _POLY_INV):
+            with np.errstate(over="ignore"):
+                small = np.concatenate(
+                    [
+                        np.ones(1, dtype=np.uint64),
+                        np.cumprod(np.full(low - 1, np.uint64(base), dtype=np.uint64)),
+                    ]
+                )
+                step = small[-1] * np.uint64(base)  # P^low
+                large = np.concatenate(
+                    [np.ones(1, dtype=np.uint64), np.cumprod(np.full(high - 1, step, dtype=np.uint64))]
+                )
+                tables.append((large[:, None] * small[None, :]).ravel())
+        _POWERS = (tables[0], tables[1])
+    return _POWERS
+
+
+def _utf8_buffer(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of all texts back to back, and the ``len + 1`` offsets of each text in them."""
+    array = pc.cast(texts.fill_null("").to_arrow(), pa.large_string())
+    buffers = array.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    if buffers[2] is None or len(array) == 0:
+        return np.empty(0, dtype=np.uint8), np.zeros(len(array) + 1, dtype=np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return data, offsets - offsets[0]
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concat(arange(s, s + l) for s, l in zip(starts, lengths))``, vectorized."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shift
 
 
 class MinHasher:
-    """MinHash signatures of normalized texts, vectorized with numpy.
+    """Shingle sets and one-permutation MinHash signatures of normalized texts, vectorized with numpy.
 
-    Shingles are word (or character) n-grams; a text shorter than n tokens is one shingle. A shingle's
-    32-bit hash folds the xxh3_64 hashes of its tokens (FNV-style, then a Murmur finalizer), and each
-    of the ``num_perm`` permutations is the universal hash ``(a * h + b) mod (2^61 - 1)`` with ``a, b``
-    drawn from ``numpy.random.default_rng(seed)``. The signature is the per-permutation minimum.
+    A shingle is a span of ``ngram`` consecutive words (or characters) of the single-spaced text; a text
+    shorter than that is one shingle (even the empty text). A shingle's hash is a polynomial hash of
+    its UTF-8 bytes mod 2^64 (computed for all spans at once from prefix sums), mixed with the seed by
+    the Murmur3 finalizer; its top 32 bits are the shingle's stored hash. The signature is one-
+    permutation hashing: the 32-bit hash range is cut into ``num_perm`` bins and each bin keeps the
+    smallest hash falling in it, so each shingle is hashed once instead of ``num_perm`` times; empty
+    bins are filled by optimal densification (Shrivastava 2017: probe bins in a seeded order fixed per
+    bin until a non-empty one is found), which keeps the collision probability of every bin equal to
+    the Jaccard similarity.
     """
 
     def __init__(self, config: MinHashConfig, single_spaced: bool = False) -> None:
-        """``single_spaced``: texts are known to be whitespace-collapsed (words split on " ", faster)."""
+        """``single_spaced``: texts are known to be whitespace-collapsed (skips collapsing them again)."""
         self.config = config
         self.single_spaced = single_spaced
-        rng = np.random.default_rng(config.seed)
-        self.a = rng.integers(1, _MERSENNE_61, size=config.num_perm, dtype=np.uint64)
-        self.b = rng.integers(0, _MERSENNE_61, size=config.num_perm, dtype=np.uint64)
-        self._a_hi = (self.a >> np.uint64(32))[:, None]
-        self._a_lo = (self.a & _MASK_32)[:, None]
-        self._b_col = self.b[:, None]
-        self._buffers: tuple[np.ndarray, ...] | None = None
+        self._probes: np.ndarray | None = None
+        self._seed = _fmix64(np.array([config.seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ _FOLD_OFFSET)[0]
 
-    def tokens(self, texts: pl.Series) -> tuple[pl.Series, np.ndarray]:
-        """All tokens of all texts in order (whitespace-separated words, or characters), and the number
-        of tokens of each text."""
-        if self.config.shingle == "char":
-            tokens = texts.str.split("")
-            return tokens.explode(empty_as_null=False), tokens.list.len().to_numpy().astype(np.int64)
-        if not self.single_spaced:
-            texts = texts.str.replace_all(r"\s", " ")
-        # Splitting on " " is several times faster than a regex; the empty strings it yields for runs
-        # of spaces (and for an empty text) are dropped and the per-text counts recomputed.
-        tokens = texts.str.split(" ")
-        flat = tokens.explode(empty_as_null=False)
-        non_empty = (flat != "").to_numpy()
-        doc = np.repeat(np.arange(len(texts)), tokens.list.len().to_numpy())
-        lengths = np.bincount(doc[non_empty], minlength=len(texts)).astype(np.int64)
-        return flat.filter(non_empty), lengths
+    def _prepared(self, texts: pl.Series) -> pl.Series:
+        texts = texts.fill_null("")
+        if self.config.shingle == "word" and not self.single_spaced:
+            texts = texts.str.replace_all(r"\s+", " ").str.strip_chars()
+        return texts
 
-    def shingle_hashes(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        """The 32-bit hash of every shingle (as uint64), and the document each shingle belongs to."""
-        flat, lengths = self.tokens(texts)
-        n = self.config.ngram
-        # Padding lets every shingle read n tokens; texts shorter than n are redone below.
-        token_hash = np.concatenate([_token_hashes(flat), np.zeros(n, dtype=np.uint64)])
-        counts = np.maximum(lengths - n + 1, 1)  # a short text (even an empty one) is one shingle
-        doc = np.repeat(np.arange(len(lengths)), counts)
-        first_shingle = np.cumsum(counts) - counts
-        first_token = np.cumsum(lengths) - lengths
-        position = first_token[doc] + (np.arange(len(doc)) - first_shingle[doc])
-        acc = np.full(len(doc), _FOLD_OFFSET, dtype=np.uint64)
-        for _ in range(n):  # loop over the n token positions of a shingle, vectorized over shingles
-            np.bitwise_xor(acc, token_hash[position], out=acc)
-            np.multiply(acc, _FOLD_PRIME, out=acc)
-            position += 1
-        short = np.flatnonzero(lengths[doc] < n)  # one shingle of fewer than n tokens: fold only those
-        if len(short):
-            size, start = lengths[doc[short]], first_token[doc[short]]
-            short_acc = np.full(len(short), _FOLD_OFFSET, dtype=np.uint64)
-            for j in range(n - 1):
-                folded = (short_acc ^ token_hash[start + j]) * _FOLD_PRIME
-                short_acc = np.where(j < size, folded, short_acc)
-            acc[short] = short_acc
-        return _fmix64(acc) >> np.uint64(32), doc
+    def shingle_hashes(self, texts: pl.Series, prepared: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The 32-bit hash of every shingle (in text order, repeats included) and its text's index."""
+        data, offsets = _utf8_buffer(texts if prepared else self._prepared(texts))
+        n_texts, n = len(offsets) - 1, self.config.ngram
+        power, inverse = _powers(len(data) + 1)
+        prefix = np.zeros(len(data) + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            np.cumsum((data.astype(np.uint64) + np.uint64(1)) * power[: len(data)], out=prefix[1:])
+        if self.config.shingle == "word":
+            is_space = data == 32
+            text_start = np.zeros(len(data) + 1, dtype=bool)
+            text_start[offsets[:-1]] = True
+            after_space = np.concatenate([[True], is_space[:-1]])
+            before_space = np.concatenate([is_space[1:], [True]])
+            starts = np.flatnonzero(~is_space & (after_space | text_start[:-1]))
+            ends = np.flatnonzero(~is_space & (before_space | text_start[1:])) + 1
+        else:  # characters: every byte that is not a UTF-8 continuation byte starts one
+            starts = np.flatnonzero((data & 0xC0) != 0x80)
+            ends = np.concatenate([starts[1:], [len(data)]]).astype(np.int64)
+        first_token = np.searchsorted(starts, offsets)
+        tokens = np.diff(first_token)
+        counts = np.maximum(tokens - n + 1, 1)
+        doc = np.repeat(np.arange(n_texts), counts)
+        within = np.arange(len(doc)) - np.repeat(np.cumsum(counts) - counts, counts)
+        long = tokens[doc] >= n
+        pad = np.zeros(n, dtype=np.int64)
+        first = first_token[:-1][doc] + within
+        span_start = np.where(long, np.concatenate([starts, pad])[first], offsets[:-1][doc])
+        span_end = np.where(long, np.concatenate([ends, pad])[first + n - 1], offsets[1:][doc])
+        with np.errstate(over="ignore"):
+            span = (prefix[span_end] - prefix[span_start]) * inverse[span_start]
+            span ^= (span_end - span_start).astype(np.uint64) * _FOLD_PRIME
+            span ^= self._seed
+        return (_fmix64(span) >> np.uint64(32)).astype(np.uint32), doc
 
-    def permute(self, h: np.ndarray) -> np.ndarray:
-        """``(a * h + b) mod (2^61 - 1)`` for 32-bit ``h`` (shape (s,)), every permutation: (num_perm, s).
+    def sketch(
+        self, texts: pl.Series, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Shingle sets (``offsets`` of len + 1 and sorted unique uint32 ``values`` per text) and the
+        (len, num_perm) uint32 signatures of ``texts`` (of ``texts[rows]`` when given).
 
-        Exact modular arithmetic in uint64 without overflow: ``a`` is split into its high 29 and low 32
-        bits, and 2^61 = 1 (mod 2^61 - 1) folds the high parts back in. In-place ufuncs on reused
-        buffers: allocating fresh multi-MB temporaries for each step was four times slower. The result
-        is a view of such a buffer, overwritten by the next call (so one MinHasher per thread).
+        Chunks of texts are sketched on a thread per core (numpy releases the GIL in its loops) and
+        gathered chunk by chunk, so no second copy of all texts is made; the result does not depend on
+        the chunking.
         """
-        s = len(h)
-        if self._buffers is None or self._buffers[0].shape[1] < s:
-            self._buffers = tuple(np.empty((self.config.num_perm, s), dtype=np.uint64) for _ in range(3))
-        x, t, u = (buf[:, :s] for buf in self._buffers)
-        h = h[None, :]
-        p = _MERSENNE_61
-        np.multiply(h, self._a_hi, out=t)  # t = a_hi * h < 2^61
-        np.right_shift(t, np.uint64(29), out=x)  # t * 2^32 = (t >> 29) * 2^61 + (t & (2^29-1)) * 2^32
-        np.bitwise_and(t, _MASK_29, out=t)
-        np.left_shift(t, np.uint64(32), out=t)
-        x += t  # x = a_hi * 2^32 * h (mod p), < 2^61 + 2^32
-        np.multiply(h, self._a_lo, out=u)  # u = a_lo * h < 2^64
-        np.right_shift(u, np.uint64(61), out=t)
-        x += t
-        np.bitwise_and(u, p, out=u)
-        x += u  # x = a * h (mod p), < 2^62 + 2^33
-        x += self._b_col  # < 2^63
-        np.right_shift(x, np.uint64(61), out=t)
-        np.bitwise_and(x, p, out=x)
-        x += t  # <= p + 3
-        np.subtract(x, p, out=t)  # wraps to a huge value unless x >= p
-        np.minimum(x, t, out=x)  # x mod p
-        return x
+        k = self.config.num_perm
+        rows = np.arange(len(texts)) if rows is None else np.asarray(rows, dtype=np.int64)
+        signatures = np.empty((len(rows), k), dtype=np.uint32)
+        starts = list(range(0, len(rows), _TEXT_CHUNK))
+        if starts:  # warm the shared tables once, before the threads read them
+            chunk_bytes = np.add.reduceat(
+                texts.str.len_bytes().fill_null(0).to_numpy()[rows].astype(np.int64), starts
+            )
+            _powers(int(chunk_bytes.max()) + 1)
+            self._probe(np.zeros(1, dtype=np.int64), 0)
+
+        def one(d0: int) -> tuple[np.ndarray, np.ndarray]:
+            chunk = self._prepared(texts.gather(rows[d0 : d0 + _TEXT_CHUNK]))
+            sizes, values, chunk_signatures = self._sketch_chunk(chunk)
+            signatures[d0 : d0 + len(chunk)] = chunk_signatures
+            return sizes, values
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(starts), os.cpu_count() or 1))) as pool:
+            parts = list(pool.map(one, starts))
+        sizes = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        values = np.empty(int(offsets[-1]), dtype=np.uint32)
+        for d0, part in zip(starts, parts, strict=True):
+            values[offsets[d0] : offsets[d0] + len(part[1])] = part[1]
+        return offsets, values, signatures
+
+    def _sketch_chunk(self, chunk: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Set sizes, sorted unique shingle hashes and signatures of one chunk of prepared texts."""
+        shingles, doc = self.shingle_hashes(chunk, prepared=True)
+        keys = (doc.astype(np.uint64) << np.uint64(32)) | shingles
+        keys.sort()  # np.unique hashes first in numpy 2.4: several times slower than sorting
+        distinct = np.empty(len(keys), dtype=bool)
+        distinct[:1] = True
+        np.not_equal(keys[1:], keys[:-1], out=distinct[1:])
+        keys = keys[distinct]
+        doc_u = (keys >> np.uint64(32)).astype(np.int64)
+        hashes = keys.astype(np.uint32)  # the low 32 bits: the shingle hash
+        sizes = np.bincount(doc_u, minlength=len(chunk))
+        return sizes, hashes, self._signatures(doc_u, hashes, len(chunk))
 
     def signatures(self, texts: pl.Series) -> np.ndarray:
-        """MinHash signature of each (normalized) text: uint64 array of shape (len(texts), num_perm)."""
-        out = np.full((self.config.num_perm, len(texts)), _MERSENNE_61, dtype=np.uint64)
-        # Chunks of texts bound the per-shingle arrays (a dozen bytes times tokens) for large batches.
-        for d0 in range(0, len(texts), _TEXT_CHUNK):
-            shingles, doc = self.shingle_hashes(texts.slice(d0, _TEXT_CHUNK))
-            doc += d0
-            # Blocks of shingles keep the (num_perm, block) buffers cache-sized whatever the text sizes.
-            for s0 in range(0, len(shingles), _PERMUTE_BLOCK):
-                block_doc = doc[s0 : s0 + _PERMUTE_BLOCK]
-                starts = np.flatnonzero(np.r_[True, block_doc[1:] != block_doc[:-1]])
-                minima = np.minimum.reduceat(self.permute(shingles[s0 : s0 + _PERMUTE_BLOCK]), starts, axis=1)
-                docs = block_doc[starts]  # distinct within a block, so the fancy-index update is safe
-                out[:, docs] = np.minimum(out[:, docs], minima)
-        self._buffers = None
-        return np.ascontiguousarray(out.T)
+        """One-permutation MinHash signature of each (normalized) text: uint32 (len(texts), num_perm)."""
+        return self.sketch(texts)[2]
+
+    def _signatures(self, doc: np.ndarray, hashes: np.ndarray, n_texts: int) -> np.ndarray:
+        """Signatures from shingle hashes sorted by (doc, hash): the first hash of each (doc, bin)."""
+        k = self.config.num_perm
+        out = np.full(n_texts * k, _EMPTY_BIN, dtype=np.uint32)
+        cell = doc * k + ((hashes.astype(np.uint64) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
+        first = np.empty(len(cell), dtype=bool)
+        first[:1] = True
+        np.not_equal(cell[1:], cell[:-1], out=first[1:])
+        out[cell[first]] = hashes[first]
+        filled = np.zeros(n_texts * k, dtype=bool)
+        filled[cell[first]] = True
+        empty = np.flatnonzero(~filled)
+        row_start, bins = empty - empty % k, empty % k
+        for attempt in range(_MAX_PROBES):
+            if not len(empty):
+                break
+            donor = row_start + self._probe(bins, attempt)
+            hit = filled[donor]
+            out[empty[hit]] = out[donor[hit]]
+            miss = ~hit
+            empty, row_start, bins = empty[miss], row_start[miss], bins[miss]
+        else:
+            raise RuntimeError("MinHash densification did not converge")  # never: every text has a shingle
+        return out.reshape(n_texts, k)
+
+    def _probe(self, bins: np.ndarray, attempt: int) -> np.ndarray:
+        """The bin probed at ``attempt`` to fill empty bin ``bins``: a seeded hash of (bin, attempt)."""
+        if attempt < _PROBE_TABLE:
+            if self._probes is None:
+                grid = np.arange(self.config.num_perm * _PROBE_TABLE, dtype=np.int64)
+                self._probes = self._probe_hash(grid // _PROBE_TABLE, grid % _PROBE_TABLE)
+            return self._probes[bins * _PROBE_TABLE + attempt]
+        return self._probe_hash(bins, attempt)
+
+    def _probe_hash(self, bins: np.ndarray, attempt: np.ndarray | int) -> np.ndarray:
+        key = (bins.astype(np.uint64) << np.uint64(32)) | np.asarray(attempt, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            mixed = _fmix64(key ^ self._seed) >> np.uint64(32)
+            return ((mixed * np.uint64(self.config.num_perm)) >> np.uint64(32)).astype(np.int64)
 
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Share of equal signature positions, row by row: the MinHash estimate of Jaccard similarity."""
     return (a == b).mean(axis=-1)
+
+
+def pair_jaccard(offsets: np.ndarray, values: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """True Jaccard similarity of the shingle sets of each pair of rows (sets given as CSR ``offsets``
+    and sorted unique ``values``), vectorized: both sets of a block of pairs are tagged with the pair,
+    sorted together, and equal neighbours counted (an element common to both sets appears twice)."""
+    sizes = np.diff(offsets)
+    out = np.ones(len(pairs))
+    if not len(pairs):
+        return out
+    work = np.cumsum(sizes[pairs[:, 0]] + sizes[pairs[:, 1]])
+    bounds = np.searchsorted(work, np.arange(_JACCARD_BLOCK, int(work[-1]) + _JACCARD_BLOCK, _JACCARD_BLOCK))
+    start = 0
+    for stop in [*np.unique(np.maximum(bounds, 1)).tolist(), len(pairs)]:
+        stop = min(int(stop), len(pairs))
+        if stop <= start:
+            continue
+        block = pairs[start:stop]
+        p = len(block)
+        a, b = sizes[block[:, 0]], sizes[block[:, 1]]
+        lengths = np.concatenate([a, b])
+        index = _ranges(np.concatenate([offsets[block[:, 0]], offsets[block[:, 1]]]), lengths)
+        tag = np.repeat(np.tile(np.arange(p, dtype=np.uint64), 2), lengths)
+        keys = (tag << np.uint64(32)) | values[index].astype(np.uint64)
+        keys.sort()
+        same = keys[1:] == keys[:-1]
+        inter = np.bincount((keys[1:][same] >> np.uint64(32)).astype(np.int64), minlength=p)
+        union = a + b - inter
+        out[start:stop] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+        start = stop
+    return out
 
 
 def jaccard(a: set, b: set) -> float:
@@ -340,11 +514,16 @@ def lsh_params(
 
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """One uint64 bucket key per (record, band): a fold of the band's ``rows`` signature values."""
-    banded = signatures[:, : bands * rows].reshape(len(signatures), bands, rows)
-    acc = np.full((len(signatures), bands), _FOLD_OFFSET, dtype=np.uint64)
-    for j in range(rows):
-        acc = (acc ^ banded[:, :, j]) * _FOLD_PRIME
-    return _fmix64(acc)
+    out = np.empty((len(signatures), bands), dtype=np.uint64)
+    for r0 in range(0, len(signatures), _BAND_BLOCK):  # blocks of records stay in cache across rows
+        block = signatures[r0 : r0 + _BAND_BLOCK, : bands * rows].reshape(-1, bands, rows)
+        acc = np.full((len(block), bands), _FOLD_OFFSET, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(rows):
+                acc ^= block[:, :, j]
+                acc *= _FOLD_PRIME
+        out[r0 : r0 + _BAND_BLOCK] = _fmix64(acc)
+    return out
 
 
 def candidate_pairs(keys: np.ndarray, preference: np.ndarray, window: int) -> np.ndarray:
@@ -354,9 +533,11 @@ def candidate_pairs(keys: np.ndarray, preference: np.ndarray, window: int) -> np
     it: all pairs for buckets of up to ``window + 1`` rows, a chain that still links a huge cluster
     otherwise, without its quadratic number of pairs.
     """
+    by_preference = np.argsort(preference, kind="stable")
     found = []
     for band in range(keys.shape[1]):
-        order = np.lexsort((preference, keys[:, band]))
+        # A stable sort of rows already in preference order: ties (one bucket) stay in that order.
+        order = by_preference[np.argsort(keys[by_preference, band], kind="stable")]
         sorted_keys = keys[order, band]
         for d in range(1, window + 1):
             same = sorted_keys[d:] == sorted_keys[:-d]
@@ -371,31 +552,61 @@ def candidate_pairs(keys: np.ndarray, preference: np.ndarray, window: int) -> np
 
 # ------------------------------------------------------------------------------------------ keeping
 
-
-@dataclass(frozen=True)
-class KeepRule:
-    """Which record of a duplicate cluster survives.
-
-    ``rank`` gives each record of a batch its preference (0 = kept first; a permutation of
-    0..n-1); ``name`` ends the ledger detail ("kept <id>: <name>").
-    """
-
-    name: str
-    rank: Callable[[pl.DataFrame], np.ndarray]
+# How the ledger says why the kept record won, per keep rule (when it won on the rule, not on a tie).
+KEEP_REASONS = {
+    "earliest": "earliest",
+    "longest": "longer",
+    "quality": "higher quality score",
+    "source_priority": "higher source priority",
+}
 
 
-def earliest_first(records: pl.DataFrame) -> np.ndarray:
-    """Preference rank: lowest ``source_line`` first (nulls last), then lowest ``record_id``.
+def _glob_regex(glob: str) -> str:
+    """A shell glob as a regex Polars (Rust) understands, anchored at both ends."""
+    return "^" + fnmatch.translate(glob).replace("\\Z", "\\z")
 
-    Simple, deterministic and explainable; later work may prefer e.g. the longest answer.
-    """
-    order = (
-        records.select(
-            pl.int_range(pl.len(), dtype=pl.Int64).sort_by(
-                ["source_line", "record_id"], nulls_last=True, maintain_order=True
-            )
+
+def keep_scores(records: pl.DataFrame, config: DedupConfig) -> np.ndarray:
+    """What the keep rule compares, higher wins: total characters (longest), ``quality_score`` from the
+    metadata JSON (quality; missing or not a number: -inf), minus the index of the first matching
+    source glob (source_priority; a file matching none ranks after all), 0 for earliest."""
+    if config.keep == "longest":
+        chars = pl.col("messages").list.eval(
+            pl.element().struct.field("content").str.len_chars().fill_null(0)
         )
-        .to_series()
+        expr = chars.list.sum().fill_null(0).cast(pl.Float64)
+    elif config.keep == "quality":
+        expr = (
+            pl.col("metadata")
+            .str.json_path_match("$.quality_score")
+            .cast(pl.Float64, strict=False)
+            .fill_nan(None)
+            .fill_null(float("-inf"))
+        )
+    elif config.keep == "source_priority":
+        globs = config.source_priority
+        path = pl.col("source_file").fill_null("")
+        name = path.str.replace(r"^.*/", "")
+        expr = pl.lit(-float(len(globs)))
+        for position in reversed(range(len(globs))):  # the first matching glob wins: apply it last
+            regex = _glob_regex(globs[position])
+            expr = (
+                pl.when(path.str.contains(regex) | name.str.contains(regex))
+                .then(-float(position))
+                .otherwise(expr)
+            )
+    else:
+        return np.zeros(records.height)
+    scores = records.select(pl.col("record_id"), expr.cast(pl.Float64).alias("score"))["score"]
+    return scores.to_numpy().astype(np.float64)
+
+
+def keep_rank(records: pl.DataFrame, scores: np.ndarray) -> np.ndarray:
+    """Preference rank of each record (0 = kept first): highest score, then earliest."""
+    order = (
+        records.select("source_line", "record_id")
+        .with_columns(pl.Series("score", -scores), pl.int_range(pl.len(), dtype=pl.Int64).alias("row"))
+        .sort(["score", "source_line", "record_id"], nulls_last=True, maintain_order=True)["row"]
         .to_numpy()
     )
     rank = np.empty(len(order), dtype=np.int64)
@@ -403,26 +614,79 @@ def earliest_first(records: pl.DataFrame) -> np.ndarray:
     return rank
 
 
-EARLIEST = KeepRule("earliest", earliest_first)
+def earliest_first(records: pl.DataFrame) -> np.ndarray:
+    """Preference rank: lowest ``source_line`` first (nulls last), then lowest ``record_id``."""
+    return keep_rank(records, np.zeros(records.height))
+
+
+def largest_clusters(clusters: pl.DataFrame, n: int = 10) -> pl.DataFrame:
+    """The ``n`` largest duplicate clusters (members counted with the kept one), for review: their id,
+    size, kept record and lowest similarity of a member to it; largest first, then by id."""
+    return (
+        clusters.group_by("cluster_id")
+        .agg(
+            pl.len().cast(pl.Int64).alias("size"),
+            pl.col("record_id").filter(pl.col("kept")).first().alias("kept_id"),
+            pl.col("similarity").min().alias("min_similarity"),
+        )
+        .sort(["size", "cluster_id"], descending=[True, False])
+        .head(n)
+    )
 
 
 # ------------------------------------------------------------------------------------------- stage
 
 
 def _fraction(sim: pl.Expr) -> pl.Expr:
-    """A similarity in [0, 1] as text with two decimals ("0.87", "1.00")."""
-    hundredths = (sim * 100).round().cast(pl.Int64)
+    """A similarity in [0, 1] as text with two decimals, never rounded up to the threshold ("0.87")."""
+    hundredths = (sim * 100 + 1e-9).floor().cast(pl.Int64)
     return pl.concat_str(
         [(hundredths // 100).cast(pl.String), pl.lit("."), (hundredths % 100).cast(pl.String).str.zfill(2)]
     )
 
 
+def _components(size: int, edges: np.ndarray, preference: np.ndarray) -> np.ndarray:
+    """For each node, the node of its connected component with the lowest preference."""
+    if size == 0:
+        return np.empty(0, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(size, size))
+    _, label = connected_components(graph, directed=False)
+    by_cluster = np.lexsort((preference, label))
+    is_head = np.r_[True, label[by_cluster][1:] != label[by_cluster][:-1]]
+    head_of_label = np.empty(label.max() + 1, dtype=np.int64)
+    head_of_label[label[by_cluster][is_head]] = by_cluster[is_head]
+    return head_of_label[label]
+
+
+def _exact_parents(node: np.ndarray, key: np.ndarray, preference: np.ndarray) -> np.ndarray:
+    """For every node, the preferred node linked to it through equal keys (itself if none).
+
+    A node may have several keys (scope any_turn: one per turn), so links are transitive.
+    """
+    size = len(preference)
+    if not len(node):
+        return np.arange(size)
+    pairs = (
+        pl.DataFrame({"node": node, "key": key, "pref": preference[node]})
+        .with_columns(pl.col("node").sort_by("pref").first().over("key").alias("head"))
+        .filter(pl.col("node") != pl.col("head"))
+    )
+    return _components(size, pairs.select("node", "head").to_numpy(), preference)
+
+
+def _signature_matrix(column: pl.Series, num_perm: int) -> np.ndarray:
+    """Stored signatures as a (rows, num_perm) uint32 matrix; every row must have ``num_perm`` values."""
+    lengths = column.list.len().fill_null(0)
+    if len(column) and (lengths != num_perm).any():
+        raise ValueError(f"prior dedup index has signatures that are not {num_perm} values long")
+    return column.explode(empty_as_null=False).to_numpy().astype(np.uint32).reshape(len(column), num_perm)
+
+
 class Deduplicator:
     """The deduped stage over one batch, against the dedup index of every earlier batch."""
 
-    def __init__(self, config: DedupConfig | None = None, keep_rule: KeepRule = EARLIEST) -> None:
+    def __init__(self, config: DedupConfig | None = None) -> None:
         self.config = config or DedupConfig()
-        self.keep_rule = keep_rule
         self.params = index_params(self.config)
         self.minhasher = MinHasher(self.config.minhash, self.config.normalization.collapse_whitespace)
 
@@ -454,30 +718,29 @@ class Deduplicator:
         prior = self._usable_prior(prior, records)
         n, m = records.height, prior.height
         cfg = self.config
-        texts = dedup_texts(records, cfg.normalization)
+        texts = dedup_texts(records, cfg.normalization, cfg.scope)
+        has_text = (texts.fill_null("") != "").to_numpy()
         hashes = exact_hashes(texts)
-        rank = self.keep_rule.rank(records)
+        turns = turn_texts(records, cfg.normalization) if cfg.scope == "any_turn" else None
+        turn_hash = exact_hashes(turns["text"]) if turns is not None else None
+        scores = keep_scores(records, cfg)
         # Global node ids: batch record i -> i, prior index row j -> n + j. ``preference`` (lower is kept)
         # puts prior rows first: they are already in the dataset.
-        preference = np.concatenate([m + rank, np.arange(m)])
-        prior_hashes = prior["exact_hash"].to_numpy()
+        preference = np.concatenate([m + keep_rank(records, scores), np.arange(m)])
 
         exact_parent = np.arange(n)
         if cfg.exact and n:
-            exact_parent = self._exact_parents(hashes, prior_hashes, preference)
+            exact_parent = self._exact_graph(has_text, hashes, turns, turn_hash, prior, preference)[:n]
         is_rep = exact_parent == np.arange(n)
 
         final = exact_parent.copy()  # the kept record each batch record is attributed to
         similarity = np.ones(n)
-        signatures = np.zeros((n, 0), dtype=np.uint64)
-        counters = {"candidate_pairs": 0, "confirmed_pairs": 0}
+        sketches = None
+        counters = {"candidate_pairs": 0, "confirmed_pairs": 0, "candidates_below_threshold": 0}
         if cfg.minhash.enabled and n:
-            reps = np.flatnonzero(is_rep)
-            rep_signatures = self.minhasher.signatures(texts.gather(reps))
-            signatures = np.zeros((n, cfg.minhash.num_perm), dtype=np.uint64)  # rows of reps only: the
-            signatures[reps] = rep_signatures  # index stores kept records, and every kept record is a rep
-            near_final, near_sim, counters = self._near(reps, rep_signatures, prior, preference)
-            # An exact duplicate inherits its representative's fate (same text, same signature).
+            reps = np.flatnonzero(is_rep & has_text)
+            near_final, near_sim, counters, sketches = self._near(reps, texts, prior, preference)
+            # An exact duplicate inherits its representative's fate (same text, same shingles).
             rep_of = np.where(exact_parent < n, exact_parent, 0)
             inherits = exact_parent < n
             final = np.where(inherits, near_final[rep_of], exact_parent)
@@ -486,112 +749,141 @@ class Deduplicator:
         status = np.where(
             ~is_rep, "exact_duplicate", np.where(final != np.arange(n), "near_duplicate", "kept")
         )
-        return self._result(
-            records, prior, hashes, signatures, exact_parent, final, similarity, status, counters
-        )
+        counters["no_scope_text"] = int((~has_text).sum())
+        del texts  # the largest intermediate: free it before the output tables are built
+        result = _Outcome(records, prior, hashes, exact_parent, final, similarity, status, scores, has_text)
+        return self._result(result, turns, turn_hash, sketches, counters)
 
-    def _exact_parents(
-        self, hashes: np.ndarray, prior_hashes: np.ndarray, preference: np.ndarray
+    def _exact_graph(
+        self,
+        has_text: np.ndarray,
+        hashes: np.ndarray,
+        turns: pl.DataFrame | None,
+        turn_hash: np.ndarray | None,
+        prior: pl.DataFrame,
+        preference: np.ndarray,
     ) -> np.ndarray:
-        """For each batch record, the preferred node with the same normalized-text hash (itself if none)."""
-        n = len(hashes)
-        nodes = pl.DataFrame(
-            {
-                "node": np.arange(len(preference)),
-                "hash": np.concatenate([hashes, prior_hashes]),
-                "preference": preference,
-            }
-        ).with_columns(pl.col("node").sort_by("preference").first().over("hash").alias("parent"))
-        return nodes["parent"].to_numpy()[:n]
+        """Exact parent of every node (batch records, then prior rows): the preferred node sharing a key."""
+        n = len(has_text)
+        if turns is not None and turn_hash is not None:
+            prior_turns = (
+                prior.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), "turn_hashes")
+                .explode("turn_hashes", empty_as_null=False)
+                .drop_nulls("turn_hashes")
+            )
+            node = np.concatenate(
+                [turns["row"].to_numpy().astype(np.int64), n + prior_turns["row"].to_numpy()]
+            )
+            key = np.concatenate([turn_hash, prior_turns["turn_hashes"].to_numpy().astype(np.uint64)])
+        else:
+            rows = np.flatnonzero(has_text)
+            prior_rows = np.flatnonzero(prior["exact_hash"].is_not_null().to_numpy())
+            node = np.concatenate([rows, n + prior_rows])
+            key = np.concatenate([hashes[rows], prior["exact_hash"].to_numpy()[prior_rows].astype(np.uint64)])
+        return _exact_parents(node, key, preference)
 
     def _near(
-        self, reps: np.ndarray, rep_signatures: np.ndarray, prior: pl.DataFrame, preference: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        self, reps: np.ndarray, texts: pl.Series, prior: pl.DataFrame, preference: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, int], _Sketches]:
         """Near-duplicate attribution of the exact representatives ``reps`` (batch indices).
 
         Returns, for every batch index, the node kept in its cluster (itself when not a near duplicate)
-        and the estimated Jaccard to it, plus the LSH counters.
+        and its true Jaccard to it, the LSH counters, and the reps' signatures and shingle sets.
         """
         n = len(preference) - prior.height
         mh = self.config.minhash
+        offsets, values, signatures = self.minhasher.sketch(texts, reps)
+        sketches = _Sketches(reps, offsets, values, signatures)
+        final, similarity = np.arange(n), np.ones(n)
+        counters = {"candidate_pairs": 0, "confirmed_pairs": 0, "candidates_below_threshold": 0}
         if len(reps) == 0:  # every record is an exact copy of a prior one
-            return np.arange(n), np.ones(n), {"candidate_pairs": 0, "confirmed_pairs": 0}
+            return final, similarity, counters, sketches
         bands, rows = lsh_params(mh.threshold, mh.num_perm, *LSH_ERROR_WEIGHTS)
-        rep_keys = band_keys(rep_signatures, bands, rows)
+        rep_keys = band_keys(signatures, bands, rows)
         # Only prior rows sharing a bucket with this batch can pair with it.
         prior_rows = np.empty(0, dtype=np.int64)
-        prior_signatures = np.empty((0, mh.num_perm), dtype=np.uint64)
+        prior_signatures = np.empty((0, mh.num_perm), dtype=np.uint32)
         if prior.height:
-            all_prior = _signature_matrix(prior["signature"], mh.num_perm)
+            usable = np.flatnonzero(prior["signature"].is_not_null().to_numpy())
+            all_prior = _signature_matrix(prior["signature"].gather(usable), mh.num_perm)
             prior_keys = band_keys(all_prior, bands, rows)
-            shares = np.zeros(prior.height, dtype=bool)
+            shares = np.zeros(len(usable), dtype=bool)
             for band in range(bands):
                 shares |= np.isin(prior_keys[:, band], rep_keys[:, band])
-            prior_rows = np.flatnonzero(shares)
-            prior_signatures = all_prior[prior_rows]
+            prior_rows = usable[shares]
+            prior_signatures = all_prior[shares]
+        prior_sets = prior["shingles"].gather(prior_rows)
+        prior_sizes = prior_sets.list.len().fill_null(0).to_numpy().astype(np.int64)
+        set_offsets = np.r_[offsets, offsets[-1] + np.cumsum(prior_sizes)].astype(np.int64)
+        set_values = np.concatenate(
+            [values, prior_sets.explode(empty_as_null=False).drop_nulls().to_numpy().astype(np.uint32)]
+        )
         # Local nodes: reps first, then the prior rows that share a bucket.
         node_global = np.concatenate([reps, n + prior_rows])
-        node_signatures = np.concatenate([rep_signatures, prior_signatures])
         node_preference = preference[node_global]
         keys = np.concatenate([rep_keys, band_keys(prior_signatures, bands, rows)])
         pairs = candidate_pairs(keys, node_preference, mh.bucket_window)
         pairs = pairs[(pairs[:, 0] < len(reps)) | (pairs[:, 1] < len(reps))]  # prior-prior pairs: both kept
-        confirmed = pairs[_confirm(node_signatures, pairs, mh.threshold)]
-        size = len(node_global)
-        graph = coo_matrix((np.ones(len(confirmed)), (confirmed[:, 0], confirmed[:, 1])), shape=(size, size))
-        _, label = connected_components(graph, directed=False)
-        by_cluster = np.lexsort((node_preference, label))
-        is_head = np.r_[True, label[by_cluster][1:] != label[by_cluster][:-1]]
-        head_of_label = np.empty(label.max() + 1 if size else 0, dtype=np.int64)
-        head_of_label[label[by_cluster][is_head]] = by_cluster[is_head]
-        head = head_of_label[label[: len(reps)]]  # local node kept for each rep
-        final = np.arange(n)
-        similarity = np.ones(n)
+        # Jaccard <= smaller set / larger set: pairs too different in size need no comparison.
+        sizes = np.diff(set_offsets)
+        small, large = np.sort(sizes[pairs], axis=1).T if len(pairs) else (np.empty(0), np.empty(0))
+        plausible = pairs[small >= mh.threshold * large - 1e-9]
+        confirmed = plausible[pair_jaccard(set_offsets, set_values, plausible) >= mh.threshold - 1e-12]
+        head = _components(len(node_global), confirmed, node_preference)[: len(reps)]
+        to_head = np.stack([np.arange(len(reps)), head], axis=1)
+        moved = head != np.arange(len(reps))
         final[reps] = node_global[head]
-        similarity[reps] = estimated_jaccard(node_signatures[: len(reps)], node_signatures[head])
-        counters = {"candidate_pairs": len(pairs), "confirmed_pairs": len(confirmed)}
-        return final, similarity, counters
+        similarity[reps[moved]] = pair_jaccard(set_offsets, set_values, to_head[moved])
+        counters = {
+            "candidate_pairs": len(pairs),
+            "confirmed_pairs": len(confirmed),
+            "candidates_below_threshold": len(pairs) - len(confirmed),
+        }
+        return final, similarity, counters, sketches
 
     def _result(
         self,
-        records: pl.DataFrame,
-        prior: pl.DataFrame,
-        hashes: np.ndarray,
-        signatures: np.ndarray,
-        exact_parent: np.ndarray,
-        final: np.ndarray,
-        similarity: np.ndarray,
-        status: np.ndarray,
+        out: _Outcome,
+        turns: pl.DataFrame | None,
+        turn_hash: np.ndarray | None,
+        sketches: _Sketches | None,
         counters: dict[str, int],
     ) -> StageResult:
         """Kept records, ledger rows, clusters, edges and the index rows of the kept records."""
-        n = records.height
+        records, prior, n = out.records, out.prior, out.records.height
         ids = pl.concat([records["record_id"], prior["record_id"]])
         batches = pl.concat([records["batch"], prior["batch"]])
+        kept_score = out.scores[np.minimum(out.final, max(n - 1, 0))] if n else out.scores
         outcome = records.select("record_id", "batch", "source_file", "source_line").with_columns(
-            pl.Series("status", status, dtype=pl.String),
-            ids.gather(exact_parent).alias("parent_id"),
-            ids.gather(final).alias("kept_id"),
-            batches.gather(final).fill_null("(none)").alias("kept_batch"),
-            pl.Series("kept_is_prior", final >= n),
-            pl.Series("parent_is_kept", exact_parent == final),
-            pl.Series("similarity", similarity, dtype=pl.Float64),
-            hex64(hashes).alias("hash_hex"),
+            pl.Series("status", out.status, dtype=pl.String),
+            ids.gather(out.exact_parent).alias("parent_id"),
+            ids.gather(out.final).alias("kept_id"),
+            batches.gather(out.final).fill_null("(none)").alias("kept_batch"),
+            pl.Series("kept_is_prior", out.final >= n),
+            pl.Series("parent_is_kept", out.exact_parent == out.final),
+            pl.Series("won_on_rule", kept_score > out.scores),
+            pl.Series("similarity", out.similarity, dtype=pl.Float64),
+            hex64(out.hashes).alias("hash_hex"),
         )
         reason = (
             pl.when(pl.col("kept_is_prior"))
             .then(pl.concat_str([pl.lit("accepted in batch "), pl.col("kept_batch")]))
-            .otherwise(pl.lit(self.keep_rule.name))
+            .when(pl.col("won_on_rule"))
+            .then(pl.lit(KEEP_REASONS[self.config.keep]))
+            .otherwise(pl.lit("earliest"))
         )
         kept_clause = pl.concat_str([pl.lit("; kept "), pl.col("kept_id"), pl.lit(": "), reason])
-        jaccard_text = pl.concat_str([pl.lit("estimated Jaccard "), _fraction(pl.col("similarity"))])
+        jaccard_text = pl.concat_str([pl.lit("Jaccard "), _fraction(pl.col("similarity"))])
+        why_exact = (
+            pl.lit(" (an identical normalized turn, directly or through other records)")
+            if self.config.scope == "any_turn"
+            else pl.concat_str([pl.lit(" (normalized text hash "), pl.col("hash_hex"), pl.lit(")")])
+        )
         exact_detail = pl.concat_str(
             [
                 pl.lit("exact duplicate of "),
                 pl.col("parent_id"),
-                pl.lit(" (normalized text hash "),
-                pl.col("hash_hex"),
-                pl.lit(")"),
+                why_exact,
                 pl.when(pl.col("parent_is_kept"))
                 .then(pl.lit(""))
                 .otherwise(
@@ -614,7 +906,7 @@ class Deduplicator:
                 pl.col("kept_id"),
                 pl.lit(" ("),
                 jaccard_text,
-                pl.when(pl.col("similarity") < self.config.minhash.threshold)
+                pl.when(pl.col("similarity") < self.config.minhash.threshold - 1e-12)
                 .then(pl.lit(", linked to it through other near duplicates"))
                 .otherwise(pl.lit("")),
                 pl.lit(")"),
@@ -637,30 +929,65 @@ class Deduplicator:
             "detail",
         ).cast(EDGE_SCHEMA)
         clusters = self._clusters(dropped)
-        kept_mask = status == "kept"
-        signature_column = (
-            pl.Series("signature", signatures[kept_mask]).cast(pl.List(pl.UInt64))
-            if signatures.shape[1]
-            else pl.Series("signature", [None] * int(kept_mask.sum()), dtype=pl.List(pl.UInt64))
-        )
-        index = records.filter(pl.Series(kept_mask)).select(
-            "record_id",
-            "batch",
-            pl.Series("exact_hash", hashes[kept_mask], dtype=pl.UInt64),
-            signature_column,
-            pl.lit(self.params).alias("params"),
-        )
+        kept_mask = pl.Series(out.status == "kept")
+        index = self._index(records, kept_mask, out.hashes, turns, turn_hash, sketches, out.has_text)
         return StageResult(
             rows_in=n,
-            kept=records.filter(pl.Series(kept_mask)),
+            kept=records.filter(kept_mask),
             rejected=rejected,
-            tables={"dedup_index": index.cast(INDEX_SCHEMA), "dedup_clusters": clusters, "edges": edges},
+            tables={"dedup_index": index, "dedup_clusters": clusters, "edges": edges},
             counters={
-                "exact_duplicates": int((status == "exact_duplicate").sum()),
-                "near_duplicates": int((status == "near_duplicate").sum()),
+                "exact_duplicates": int((out.status == "exact_duplicate").sum()),
+                "near_duplicates": int((out.status == "near_duplicate").sum()),
                 **counters,
                 "clusters": clusters.filter(pl.col("kept")).height,
             },
+        )
+
+    def _index(
+        self,
+        records: pl.DataFrame,
+        kept_mask: pl.Series,
+        hashes: np.ndarray,
+        turns: pl.DataFrame | None,
+        turn_hash: np.ndarray | None,
+        sketches: _Sketches | None,
+        has_text: np.ndarray,
+    ) -> pl.DataFrame:
+        """Index rows of the kept records: their hashes, turn hashes, signatures and shingle sets."""
+        texts_present = records.select(
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),
+            "record_id",
+            "batch",
+            pl.Series("exact_hash", hashes, dtype=pl.UInt64),
+        ).filter(kept_mask)
+        if turns is not None and turn_hash is not None:
+            per_row = (
+                turns.select(pl.col("row").cast(pl.Int64), pl.Series("h", turn_hash, dtype=pl.UInt64))
+                .group_by("row")
+                .agg(pl.col("h").alias("turn_hashes"))
+            )
+            texts_present = texts_present.join(per_row, on="row", how="left", maintain_order="left")
+        else:
+            texts_present = texts_present.with_columns(
+                pl.lit(None, dtype=INDEX_SCHEMA["turn_hashes"]).alias("turn_hashes")
+            )
+        if sketches is not None:
+            kept_rows = texts_present["row"].to_numpy()
+            texts_present = texts_present.with_columns(*sketches.columns(kept_rows))
+        else:
+            texts_present = texts_present.with_columns(
+                pl.lit(None, dtype=INDEX_SCHEMA["signature"]).alias("signature"),
+                pl.lit(None, dtype=INDEX_SCHEMA["shingles"]).alias("shingles"),
+            )
+        no_text = pl.Series(~has_text).filter(kept_mask)
+        return (
+            texts_present.with_columns(
+                pl.when(no_text).then(None).otherwise(pl.col("exact_hash")).alias("exact_hash"),
+                pl.lit(self.params).alias("params"),
+            )
+            .select(list(INDEX_SCHEMA))
+            .cast(INDEX_SCHEMA)
         )
 
     @staticmethod
@@ -687,20 +1014,70 @@ class Deduplicator:
         )
 
 
-def _signature_matrix(column: pl.Series, num_perm: int) -> np.ndarray:
-    """Stored signatures as a (rows, num_perm) uint64 matrix; every row must have ``num_perm`` values."""
-    lengths = column.list.len().fill_null(0)
-    if len(column) and (lengths != num_perm).any():
-        raise ValueError(f"prior dedup index has signatures that are not {num_perm} values long")
-    return column.explode(empty_as_null=False).to_numpy().astype(np.uint64).reshape(len(column), num_perm)
+class _Sketches:
+    """Signatures and shingle sets of the records that were sketched (``rows``, ascending)."""
 
+    def __init__(self, rows: np.ndarray, offsets: np.ndarray, values: np.ndarray, signatures: np.ndarray):
+        self.rows, self.offsets, self.values, self.signatures = rows, offsets, values, signatures
 
-def _confirm(signatures: np.ndarray, pairs: np.ndarray, threshold: float) -> np.ndarray:
-    """Mask of the candidate pairs whose estimated Jaccard reaches ``threshold`` (in blocks of pairs)."""
-    keep = np.zeros(len(pairs), dtype=bool)
-    for s0 in range(0, len(pairs), _CONFIRM_BLOCK):
-        block = pairs[s0 : s0 + _CONFIRM_BLOCK]
-        keep[s0 : s0 + _CONFIRM_BLOCK] = (
-            estimated_jaccard(signatures[block[:, 0]], signatures[block[:, 1]]) >= threshold
+    def columns(self, rows: np.ndarray) -> tuple[pl.Series, pl.Series]:
+        """``signature`` and ``shingles`` list columns for ``rows`` (ascending; null where not
+        sketched), built from flat numpy arrays through Arrow: no per-row Python, no index arrays.
+        Consumes the sketches (frees them as it goes: they are the largest arrays of a run)."""
+        present = np.isin(rows, self.rows)
+        wanted = np.isin(self.rows, rows)  # sketched rows that are asked for, in the same order
+        k = self.signatures.shape[1]
+        mask = pa.array(~present)
+        sig_offsets = np.concatenate([[0], np.cumsum(np.where(present, k, 0))]).astype(np.int64)
+        signature = pa.LargeListArray.from_arrays(
+            pa.array(sig_offsets), pa.array(self.signatures[wanted].ravel()), mask=mask
         )
-    return keep
+        signature_column = pl.Series("signature", pl.from_arrow(signature)).cast(INDEX_SCHEMA["signature"])
+        del signature
+        self.signatures = np.empty((0, k), dtype=np.uint32)  # consumed: free it before the sets are copied
+        sizes = np.zeros(len(rows), dtype=np.int64)
+        set_sizes = np.diff(self.offsets)
+        sizes[present] = set_sizes[wanted]
+        set_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        shingles = pa.LargeListArray.from_arrays(
+            pa.array(set_offsets), pa.array(self.values[np.repeat(wanted, set_sizes)]), mask=mask
+        )
+        self.values = np.empty(0, dtype=np.uint32)
+        return signature_column, pl.Series("shingles", pl.from_arrow(shingles)).cast(INDEX_SCHEMA["shingles"])
+
+
+class _Outcome:
+    """Per-record results of a run, handed from matching to the building of the output tables."""
+
+    def __init__(
+        self,
+        records: pl.DataFrame,
+        prior: pl.DataFrame,
+        hashes: np.ndarray,
+        exact_parent: np.ndarray,
+        final: np.ndarray,
+        similarity: np.ndarray,
+        status: np.ndarray,
+        scores: np.ndarray,
+        has_text: np.ndarray,
+    ) -> None:
+        self.has_text = has_text
+        self.records, self.prior, self.hashes = records, prior, hashes
+        self.exact_parent, self.final, self.similarity = exact_parent, final, similarity
+        self.status, self.scores = status, scores
+
+
+def near_duplicate_pairs(texts: pl.Series, config: MinHashConfig, window: int | None = None) -> pl.DataFrame:
+    """Confirmed near-duplicate pairs (``i < j`` row indices, true ``jaccard`` >= threshold) among
+    normalized ``texts``: the candidate generation and confirmation the stage runs, without clustering
+    (for evaluation against brute force)."""
+    hasher = MinHasher(config)
+    offsets, values, signatures = hasher.sketch(texts)
+    keys = band_keys(signatures, *lsh_params(config.threshold, config.num_perm, *LSH_ERROR_WEIGHTS))
+    pairs = candidate_pairs(keys, np.arange(len(texts)), config.bucket_window if window is None else window)
+    similarity = pair_jaccard(offsets, values, pairs)
+    keep = similarity >= config.threshold - 1e-12
+    return pl.DataFrame(
+        {"i": pairs[keep, 0], "j": pairs[keep, 1], "jaccard": similarity[keep]},
+        schema={"i": pl.Int64, "j": pl.Int64, "jaccard": pl.Float64},
+    )

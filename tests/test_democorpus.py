@@ -20,9 +20,10 @@ import polars as pl
 import pytest
 
 from thresher import democorpus
-from thresher.config import IngestConfig
+from thresher.config import BoilerplateConfig, IngestConfig
 from thresher.democorpus import GroundTruth, generate, load_ground_truth
 from thresher.ingest import ADAPTERS, read_file
+from thresher.repetition import BOILERPLATE_LINES_SCHEMA, BoilerplateRemover, RepetitionFilter
 
 ROWS = 3000
 SEED = 5
@@ -158,10 +159,14 @@ def test_every_planted_kind_is_present(truth: GroundTruth) -> None:
         "empty_file",
         "wrong_solution",
         "calculation_error",
+        "repetition",
+        "boilerplate",
     }
     share = {kind: len(truth.of_kind(kind)) / ROWS for kind in kinds}
     assert 0.03 <= share["exact_duplicate"] <= 0.05
     assert 0.03 <= share["near_duplicate"] <= 0.05
+    assert 0.005 <= share["repetition"] <= 0.015
+    assert 0.02 <= share["boilerplate"] <= 0.04
     assert {e["type"] for i in truth.of_kind("pii") for e in i["entities"]} == {
         "email",
         "phone",
@@ -210,6 +215,10 @@ def test_expectations_use_the_projects_rule_names(truth: GroundTruth) -> None:
         ("raw", "empty_file"),
         ("deduped", "exact_duplicate"),
         ("deduped", "near_duplicate"),
+        ("deduped", "repeated_turns"),
+        ("deduped", "duplicate_paragraphs"),
+        ("deduped", "duplicate_lines"),
+        ("deduped", "duplicate_ngram_repetition"),
         ("cleaned", "empty_response"),
         ("cleaned", "truncated_response"),
         ("cleaned", "refusal"),
@@ -221,7 +230,7 @@ def test_expectations_use_the_projects_rule_names(truth: GroundTruth) -> None:
 
 def test_ground_truth_loader_partitions_items(truth: GroundTruth) -> None:
     assert len(truth.rejected) + len(truth.kept) == len(truth)
-    assert {i["kind"] for i in truth.kept} == {"pii", "not_pii", "html"}
+    assert {i["kind"] for i in truth.kept} == {"pii", "not_pii", "html", "boilerplate"}
     frame = truth.expected_rejections()
     assert frame.columns == ["source_file", "source_line", "stage", "rule", "kind"]
     assert frame.height == len(truth.rejected)
@@ -404,3 +413,68 @@ def test_only_planted_duplicates_share_a_normalized_text(
         for i in truth.of_kind("exact_duplicate")
     )
     assert shared == planted
+
+
+# --- repetition and boilerplate ----------------------------------------------------------------------------
+
+
+def _chat_records(ingested: dict[str, Any]) -> pl.DataFrame:
+    """What the deduped stage sees first: every record the adapters read."""
+    return ingested["kept"]
+
+
+def _locations(frame: pl.DataFrame) -> set[tuple[str, int]]:
+    return set(zip(frame["source_file"].to_list(), frame["source_line"].to_list(), strict=True))
+
+
+def test_the_default_repetition_filter_rejects_exactly_the_planted_repetition_under_its_rule(
+    truth: GroundTruth, ingested: dict[str, Any]
+) -> None:
+    result = RepetitionFilter().run(_chat_records(ingested))
+    got = {(r["source_file"], r["source_line"]): r["rule"] for r in result.rejected.iter_rows(named=True)}
+    planted = {(i["file"], i["line"]): i["expect"]["rule"] for i in truth.of_kind("repetition")}
+    assert got == planted
+    assert set(planted.values()) == set(democorpus.REPETITION_PATTERNS)
+
+
+def test_boilerplate_removal_changes_exactly_the_planted_records_and_cuts_their_line(
+    truth: GroundTruth, ingested: dict[str, Any]
+) -> None:
+    # Batch by batch in file order, as the pipeline runs it, each batch seeing the earlier ones' counts.
+    remover = BoilerplateRemover(BoilerplateConfig(empty_message="keep"))  # as in configs/demo.yaml
+    records = RepetitionFilter().run(_chat_records(ingested)).kept
+    prior = pl.DataFrame(schema=BOILERPLATE_LINES_SCHEMA)
+    changed: set[tuple[str, int]] = set()
+    kept = []
+    for file in sorted(set(records["source_file"].to_list())):
+        batch = records.filter(pl.col("source_file") == file)
+        result = remover.run(batch, prior_lines=prior)
+        assert result.rejected.height == 0
+        prior = pl.concat([prior, result.tables["boilerplate_lines"]])
+        ids = set(result.tables["boilerplate_removals"]["record_id"].to_list())
+        changed |= _locations(batch.filter(pl.col("record_id").is_in(list(ids))))
+        kept.append(result.kept)
+    planted = {(i["file"], i["line"]): i["boilerplate_line"] for i in truth.of_kind("boilerplate")}
+    assert changed == set(planted)
+    after = pl.concat(kept)
+    for record in after.filter(
+        pl.struct("source_file", "source_line").is_in(
+            [{"source_file": f, "source_line": n} for f, n in planted]
+        )
+    ).iter_rows(named=True):
+        line = planted[(record["source_file"], record["source_line"])]
+        answer = record["messages"][-1]["content"]
+        assert line not in answer and answer.rstrip()[-1] in ".!?`"
+
+
+def test_each_boilerplate_line_stays_in_one_file_often_enough_to_be_boilerplate_there(
+    truth: GroundTruth,
+) -> None:
+    per_line: dict[str, set[str]] = {}
+    per_file_line: dict[tuple[str, str], int] = {}
+    for item in truth.of_kind("boilerplate"):
+        per_line.setdefault(item["boilerplate_line"], set()).add(item["file"])
+        key = (item["file"], item["boilerplate_line"])
+        per_file_line[key] = per_file_line.get(key, 0) + 1
+    assert len(per_line) >= 2 and all(len(files) == 1 for files in per_line.values())
+    assert min(per_file_line.values()) >= BoilerplateConfig().min_records

@@ -120,6 +120,24 @@ def test_planted_pii_is_redacted_everywhere(home: Path, con, truth: list[dict]) 
     assert {e["type"] for t in truth if t["kind"] == "pii" for e in t["entities"]} <= set(redacted)
 
 
+def test_planted_boilerplate_lines_are_cut_from_kept_records(con, truth: list[dict]) -> None:
+    planted = {(t["file"], t["line"]): t["boilerplate_line"] for t in truth if t["kind"] == "boilerplate"}
+    assert planted, "the ground truth plants boilerplate"
+    for table in ("deduped", "cleaned"):
+        texts = {
+            (r["source_file"], r["source_line"]): r["t"]
+            for r in st.query(
+                con,
+                "SELECT source_file, source_line, list_aggregate(list_transform(messages, lambda m: m.content), "
+                f"'string_agg', '\n') AS t FROM {table} WHERE NOT starts_with(record_id, 's-')",
+            ).to_dicts()
+        }
+        assert set(planted) <= set(texts), table
+        assert [key for key, line in planted.items() if line in texts[key]] == [], table
+    changed = st.query(con, "SELECT count(DISTINCT record_id) FROM boilerplate_removals").item()
+    assert changed == len(planted)
+
+
 def test_trace_reaches_the_source_line_from_any_released_record(con) -> None:
     released = st.query(
         con, "SELECT record_id, source_file, source_line, origin FROM formatted ORDER BY record_id"

@@ -18,11 +18,20 @@ Ground-truth kinds (expected stage/rule; extra fields):
 - ``wrong_solution`` (verified/code_tests_failed; ``bug``), ``calculation_error``
   (verified/math_calculation_error; ``annotation``: 1-based index of the wrong ``<<...>>``)
 - ``malformed`` (raw/<rule>; ``defect``), ``empty_file`` (raw/empty_file, line 0)
+- ``repetition`` (deduped/<rule>, one of ``REPETITION_PATTERNS``: duplicate_lines, duplicate_paragraphs,
+  repeated_turns, duplicate_ngram_repetition; each breaks that rule of thresher.repetition at its default
+  thresholds and no rule checked before it)
+- ``boilerplate`` (kept; ``boilerplate_line``: the signature or disclaimer line that ends the assistant
+  answer and that the deduped stage cuts; each line is confined to one file, in at least
+  ``BoilerplateConfig().min_records`` records of it, so it is boilerplate within that file's batch)
 
 Everything is built from word lists and templates in this module (no third-party text) with one
 ``random.Random(seed)``: the same arguments give byte-identical files. Texts are composed from many
 slot-filled sentence templates so that unrelated records share few word 5-grams (dedup must not see
-them as near duplicates), and clean texts are unambiguous English that ends with a full stop.
+them as near duplicates), and clean texts are unambiguous English that ends with a full stop. A clean
+answer states its subject and goal once and refers back to them after, never reuses a sentence template,
+fact, or slot value, and has no one-sentence paragraph or template line of its own: the default
+RepetitionFilter and BoilerplateRemover leave clean records alone.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from thresher.config import BoilerplateConfig
 
 # ==================================================================================================
 # Word lists and templates (all written for this module)
@@ -1554,16 +1565,78 @@ class Chat:
         return self.messages[-1]["content"]
 
 
-class _Slots(dict):
-    """Slot values for one sentence: record-level ones given, the rest drawn on first use."""
+# Later mentions of an answer's subject and goal (stated once, then referred to).
+SUBJECT_REFERENCES = ("it", "this")
+GOAL_REFERENCES = ("your goal", "the result you want", "that result", "real progress", "the outcome you want")
+
+
+class _Mentions:
+    """What one answer has said so far. Its subject and goal are stated once and referred to after, and
+    its things, actions and mistakes are drawn without repeats: the Gopher n-gram rules
+    (thresher.repetition) reject an answer that keeps restating a phrase, and clean records must pass."""
 
     def __init__(self, rng: random.Random, topic: Topic, fixed: dict[str, str]) -> None:
+        self.rng = rng
+        self.fixed = fixed
+        self.said: set[str] = set()
+        self.topic = topic
+        self.pools: dict[str, list[str]] = {}
+        self.templates: set[str] = set()  # body sentences (templates and facts) already used
+
+    def draw(self, key: str) -> str:
+        """A thing, action or mistake this answer has not used yet (reshuffled once all are used)."""
+        pool = self.pools.get(key)
+        if not pool:
+            values = {
+                "thing": self.topic.things,
+                "action": self.topic.actions,
+                "mistake": self.topic.mistakes,
+                "audience": [a for a in AUDIENCES if a != self.fixed["audience"]],
+            }
+            pool = self.pools[key] = self.rng.sample(list(values[key]), len(values[key]))
+        return pool.pop()
+
+    def mention(self, key: str) -> str:
+        """``subject``/``subject_cap``/``goal`` in full the first time, a short reference after."""
+        base = "subject" if key == "subject_cap" else key
+        if base not in self.said:
+            self.said.add(base)
+            return self.fixed[key]
+        if base == "audience":  # someone else this time
+            return self.draw("audience")
+        refs = SUBJECT_REFERENCES if base == "subject" else GOAL_REFERENCES
+        return self.rng.choice(refs)
+
+
+class _Slots(dict):
+    """Slot values for one sentence: record-level ones given, the rest drawn on first use (through the
+    answer's ``_Mentions`` when there is one)."""
+
+    def __init__(
+        self, rng: random.Random, topic: Topic, fixed: dict[str, str], mentions: _Mentions | None = None
+    ) -> None:
+        if mentions is not None:
+            fixed = {
+                k: v for k, v in fixed.items() if k not in ("subject", "subject_cap", "goal", "audience")
+            }
         super().__init__(fixed)
         self.rng = rng
         self.topic = topic
+        self.mentions = mentions
 
     def __missing__(self, key: str) -> str:
-        r, t = self.rng, self.topic
+        r, t, m = self.rng, self.topic, self.mentions
+        if m is not None:
+            if key in ("subject", "subject_cap", "goal", "audience"):
+                value = m.mention(key)
+                value = _cap(value) if key == "subject_cap" else value
+            elif key in ("thing", "thing_cap", "action", "mistake"):
+                drawn = m.draw(key.removesuffix("_cap"))
+                value = _cap(drawn) if key == "thing_cap" else drawn
+            else:
+                value = str(r.randint(2, 12))
+            self[key] = value
+            return value
         draw: dict[str, Callable[[], str]] = {
             "thing": lambda: r.choice(t.things),
             "thing_cap": lambda: _cap(r.choice(t.things)),
@@ -1596,40 +1669,60 @@ class ChatFactory:
             "context_cap": _cap(context),
         }
 
-    def _fill(self, template: str, topic: Topic, fixed: dict[str, str]) -> str:
-        return _cap(template.format_map(_Slots(self.rng, topic, fixed)))
+    def _fill(
+        self, template: str, topic: Topic, fixed: dict[str, str], mentions: _Mentions | None = None
+    ) -> str:
+        return _cap(template.format_map(_Slots(self.rng, topic, fixed, mentions)))
 
-    def _body(self, topic: Topic, fixed: dict[str, str], count: int) -> list[str]:
+    def _body(
+        self, topic: Topic, fixed: dict[str, str], count: int, mentions: _Mentions | None = None
+    ) -> list[str]:
         r = self.rng
-        templates = r.sample(GENERIC_SENTENCES, count)
-        facts = list(topic.facts)
+        used = mentions.templates if mentions is not None else set()
+        templates = r.sample([t for t in GENERIC_SENTENCES if t not in used], count)
+        facts = [f for f in topic.facts if f not in used]
         sentences = []
         for template in templates:
             if facts and r.random() < 0.25:
-                sentences.append(facts.pop(r.randrange(len(facts))))
+                fact = facts.pop(r.randrange(len(facts)))
+                used.add(fact)
+                sentences.append(fact)
             else:
-                sentences.append(self._fill(template, topic, fixed))
+                used.add(template)
+                sentences.append(self._fill(template, topic, fixed, mentions))
         return sentences
 
-    def _snippet(self) -> str:
+    def _snippet(self) -> tuple[str, str, str]:
+        """Intro, fenced code and outro. The intro and outro join the prose around them: as lines of
+        their own they would recur in many records and be cut as boilerplate."""
         r = self.rng
         code = r.choice(CODE_SNIPPETS).format(name=r.choice(SNIPPET_NAMES))
-        return f"{r.choice(SNIPPET_INTROS)}\n\n```python\n{code}\n```\n\n{r.choice(SNIPPET_OUTROS)}"
+        return r.choice(SNIPPET_INTROS), f"```python\n{code}\n```", r.choice(SNIPPET_OUTROS)
 
     def _answer(
-        self, topic: Topic, fixed: dict[str, str], low: int = 3, high: int = 7, code: bool = True
+        self,
+        topic: Topic,
+        fixed: dict[str, str],
+        low: int = 3,
+        high: int = 7,
+        code: bool = True,
+        mentions: _Mentions | None = None,
     ) -> str:
         r = self.rng
+        mentions = mentions or _Mentions(r, topic, fixed)
         sentences = [
-            self._fill(r.choice(OPENERS), topic, fixed),
-            *self._body(topic, fixed, r.randint(low, high)),
+            self._fill(r.choice(OPENERS), topic, fixed, mentions),
+            *self._body(topic, fixed, r.randint(low, high), mentions),
         ]
         if r.random() < 0.8:
-            sentences.append(self._fill(r.choice(CLOSERS), topic, fixed))
-        cut = r.randint(2, max(2, len(sentences) - 1))
+            sentences.append(self._fill(r.choice(CLOSERS), topic, fixed, mentions))
+        # The second paragraph has two sentences or more: a one-sentence paragraph is often a slot-free
+        # closer, a line that recurs across records (boilerplate) rather than part of this answer.
+        cut = r.randint(2, max(2, len(sentences) - 2))
         paragraphs = [" ".join(sentences[:cut]), " ".join(sentences[cut:])]
         if code and topic.name == "programming" and r.random() < 0.5:
-            paragraphs.insert(1, self._snippet())
+            intro, fenced, outro = self._snippet()
+            paragraphs = [f"{paragraphs[0]} {intro}", fenced, f"{outro} {paragraphs[1]}".strip()]
         return "\n\n".join(p for p in paragraphs if p)
 
     def question(self, topic: Topic, fixed: dict[str, str]) -> str:
@@ -1643,15 +1736,16 @@ class ChatFactory:
         topic = topic or r.choice(TOPICS)
         fixed = self._record_slots(topic)
         question = self.question(topic, fixed)
+        mentions = _Mentions(r, topic, fixed)  # shared by the answer and a follow-up reply
         messages = [
             {"role": "user", "content": question},
-            {"role": "assistant", "content": self._answer(topic, fixed, code=code)},
+            {"role": "assistant", "content": self._answer(topic, fixed, code=code, mentions=mentions)},
         ]
         instruction = input_ = None
         if layout in ("openai", "sharegpt"):
             if r.random() < 0.15:
                 follow = self._fill(r.choice(FOLLOWUPS), topic, fixed)
-                reply = " ".join(self._body(topic, fixed, r.randint(2, 4)))
+                reply = " ".join(self._body(topic, fixed, r.randint(2, 4), mentions))
                 messages += [{"role": "user", "content": follow}, {"role": "assistant", "content": reply}]
             if r.random() < 0.2:
                 system = r.choice(SYSTEM_PROMPTS).format(topic=topic.name)
@@ -1689,7 +1783,7 @@ class ChatFactory:
             chat = self.chat(layout, topic=topic, code=False)
             code = r.choice(CODE_SNIPPETS).format(name=r.choice(SNIPPET_NAMES))
             body = chat.answer.split("\n\n")[0]
-            chat.messages[-1]["content"] = f"{body}\n\n{r.choice(SNIPPET_INTROS)}\n\n```python\n{code}"
+            chat.messages[-1]["content"] = f"{body} {r.choice(SNIPPET_INTROS)}\n\n```python\n{code}"
             return chat, "open_code_fence"
         chat = self.chat(layout, code=False)
         paragraphs = chat.answer.split("\n\n")
@@ -1710,15 +1804,22 @@ class ChatFactory:
         language = r.choice(sorted(FOREIGN))
         bank = FOREIGN[language]
 
-        def fill(template: str) -> str:
+        def fill(template: str, pools: dict[str, list[str]] | None = None) -> str:
+            # An answer draws its slot values without repeats (a restated phrase trips the n-gram rules).
+            def draw(key: str) -> str:
+                if pools is None:
+                    return r.choice(bank[key])
+                if not pools.get(key):
+                    pools[key] = r.sample(bank[key], len(bank[key]))
+                return pools[key].pop()
+
             return template.format(
-                plato=r.choice(bank["slots.plato"]),
-                lugar=r.choice(bank["slots.lugar"]),
-                cosa=r.choice(bank["slots.cosa"]),
+                plato=draw("slots.plato"), lugar=draw("slots.lugar"), cosa=draw("slots.cosa")
             )
 
         question = fill(r.choice(bank["questions"]))
-        answer = " ".join(fill(t) for t in r.sample(bank["sentences"], r.randint(4, 7)))
+        pools: dict[str, list[str]] = {}
+        answer = " ".join(fill(t, pools) for t in r.sample(bank["sentences"], r.randint(4, 7)))
         chat = Chat(
             [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], "other"
         )
@@ -1935,6 +2036,8 @@ PLANT_RATES: dict[str, tuple[float, int]] = {
     "refusal": (0.015, 1),
     "wrong_language": (0.015, 3),
     "malformed": (0.01, 6),
+    "repetition": (0.01, 4),
+    "boilerplate": (0.03, BoilerplateConfig().min_records),
 }
 WRONG_CODE_RATE = 0.2
 WRONG_MATH_RATE = 0.1
@@ -1945,6 +2048,25 @@ MIN_ROWS = 200
 # 0.97 a planted pair is missed about once in 25,000, so the ground truth stays exact.
 NEAR_MIN_JACCARD = 0.97
 NEAR_MIN_WORDS = 60
+
+# Intra-document repetition planted, each made to break exactly this rule of thresher.repetition (the
+# filter charges the first rule broken in its RULES order, so each pattern avoids the earlier ones).
+REPETITION_PATTERNS = (
+    "duplicate_lines",
+    "duplicate_paragraphs",
+    "repeated_turns",
+    "duplicate_ngram_repetition",
+)
+# Cross-document boilerplate: lines that end assistant answers, one per chat file. A file gets at least
+# BoilerplateConfig().min_records of them, so each line is boilerplate within the batch it arrives in.
+BOILERPLATE_LINES = (
+    "Best regards, the Support Team",
+    "This answer was generated automatically and may contain errors.",
+    "Disclaimer: this is general information, not professional advice.",
+    "Was this helpful? Rate this answer to help us improve our service.",
+    "Sent from the community help desk, replies within two working days.",
+    "Please double-check anything important with a qualified professional.",
+)
 
 _CHAT_LAYOUTS_WITH_TURNS = ("openai", "sharegpt")
 _JSONL_CHAT = ("openai", "sharegpt")
@@ -2011,14 +2133,36 @@ class _ChatPlanter:
         for i in malformed:
             self.slots[i].kind = "malformed"
         taken = set(malformed)
+        taken |= self._assign_boilerplate(taken)
         rest = [i for i in range(len(self.slots)) if i not in taken]
-        kinds = [k for k, n in self.counts.items() if k != "malformed" for _ in range(n)]
+        kinds = [k for k, n in self.counts.items() if k not in ("malformed", "boilerplate") for _ in range(n)]
         for i, kind in zip(r.sample(rest, min(len(kinds), len(rest))), kinds, strict=False):
             self.slots[i].kind = kind
+
+    def _assign_boilerplate(self, taken: set[int]) -> set[int]:
+        """Boilerplate positions: groups of at least ``min_records`` in the files with most room, one
+        signature line per file (a line confined to one file is boilerplate in that file's batch alone)."""
+        r = self.rng
+        total, least = self.counts["boilerplate"], BoilerplateConfig().min_records
+        free: dict[int, list[int]] = {}
+        for i, s in enumerate(self.slots):
+            if i not in taken:
+                free.setdefault(s.file, []).append(i)
+        by_room = sorted(free, key=lambda f: (-len(free[f]), f))
+        groups = max(1, min(len(BOILERPLATE_LINES), len(by_room), total // least))
+        lines = r.sample(BOILERPLATE_LINES, groups)
+        chosen: set[int] = set()
+        for f, size, line in zip(by_room, _allocate(total, [1.0] * groups), lines, strict=False):
+            for i in r.sample(free[f], min(size, len(free[f]))):
+                self.slots[i].kind = "boilerplate"
+                self.slots[i].info = {"boilerplate_line": line}
+                chosen.add(i)
+        return chosen
 
     def fill(self) -> None:
         originals: list[int] = []  # clean slots, in order, that duplicates may copy
         malformed_seen = 0
+        patterns_seen = dict.fromkeys(REPETITION_PATTERNS, 0)
         for index, slot in enumerate(self.slots):
             layout = CHAT_FILES[slot.file][1]
             if slot.kind in ("exact_duplicate", "near_duplicate"):
@@ -2035,6 +2179,19 @@ class _ChatPlanter:
                 slot.raw, rule, defect = self._malformed(layout, malformed_seen)
                 slot.info = {"expect": _expect("raw", rule), "defect": defect}
                 malformed_seen += 1
+            elif slot.kind == "repetition":
+                allowed = [p for p in REPETITION_PATTERNS if p != "repeated_turns" or layout in _JSONL_CHAT]
+                pattern = min(allowed, key=lambda p: patterns_seen[p])  # balanced, in a fixed order
+                patterns_seen[pattern] += 1
+                slot.chat = self._unique(
+                    lambda layout=layout, pattern=pattern: (self._repetition(layout, pattern), {})
+                )[0]
+                slot.info = {"expect": _expect("deduped", pattern)}
+            elif slot.kind == "boilerplate":
+                line = slot.info["boilerplate_line"]
+                slot.chat = self._unique(lambda layout=layout: (self.chats.chat(layout), {}))[0]
+                # Its own paragraph after the answer: cutting it leaves the answer as generated.
+                slot.chat.messages[-1]["content"] += f"\n\n{line}"
             else:
                 self._plant(slot, layout)
 
@@ -2118,6 +2275,34 @@ class _ChatPlanter:
         return None
 
     # --- planted problems ---------------------------------------------------------------------------
+
+    def _repetition(self, layout: str, pattern: str) -> Chat:
+        """A clean single-exchange conversation made to repeat itself so that it breaks ``pattern`` and no
+        rule checked before it (see REPETITION_PATTERNS)."""
+        while True:
+            chat = self.chats.chat(layout, code=False)
+            chat.messages = [m for m in chat.messages if m["role"] != "system"][:2]
+            user, answer = chat.messages
+            paragraphs = answer["content"].split("\n\n")
+            words = len(re.findall(r"\w+", answer["content"]))
+            if pattern == "duplicate_lines":
+                # One line said six times inside one paragraph: no paragraph repeats.
+                line = _split_sentences(paragraphs[-1])[0]
+                answer["content"] = paragraphs[0] + "\n\n" + "\n".join([line] * 6)
+            elif pattern == "duplicate_paragraphs":
+                answer["content"] = "\n\n".join(paragraphs * 2)
+            elif pattern == "repeated_turns":
+                chat.messages = [user, answer, dict(user), dict(answer)]
+            else:
+                # A looping sentence, three times in a row on one line: its n-grams cover a quarter of
+                # the words or more, while no single 4-gram reaches the top-n-gram thresholds.
+                longest = max(_split_sentences(" ".join(paragraphs)), key=lambda t: len(t.split()))
+                size = len(re.findall(r"\w+", longest))
+                if words < 100 or 3 * size < 0.3 * (words + 2 * size):
+                    continue
+                answer["content"] = answer["content"].replace(longest, f"{longest} {longest} {longest}", 1)
+            chat.question_key = None
+            return chat
 
     def _unique(
         self, make: Callable[[], tuple[Chat, dict[str, Any]]], short: bool = False

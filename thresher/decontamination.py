@@ -34,6 +34,7 @@ import polars as pl
 import xxhash
 
 from thresher.config import BenchmarkFile, DecontaminationConfig, IngestConfig
+from thresher.hashing import fmix64
 from thresher.ingest import read_file
 from thresher.records import rejections
 from thresher.stage import STAGE_LEDGER_SCHEMA, StageResult
@@ -127,15 +128,6 @@ def _word_hashes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return stream["h"].to_numpy().astype(np.uint64), lengths
 
 
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer: spreads every input bit over the output (uint64 wraps)."""
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xFF51AFD7ED558CCD)
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xC4CEB9FE1A85EC53)
-    return x ^ (x >> np.uint64(33))
-
-
 def gram_hashes(
     word_hash: np.ndarray, lengths: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,7 +148,7 @@ def gram_hashes(
         np.bitwise_xor(acc, word_hash[position], out=acc)
         np.multiply(acc, _FOLD_PRIME, out=acc)
         position += 1
-    return _fmix64(acc), doc, start
+    return fmix64(acc), doc, start
 
 
 # ------------------------------------------------------------------------------------- benchmarks

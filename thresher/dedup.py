@@ -37,8 +37,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from thresher.config import DedupConfig, MinHashConfig, NormalizationConfig
+from thresher.hashing import fmix64
 from thresher.records import conform
-from thresher.stage import EDGE_SCHEMA, StageResult
+from thresher.stage import EDGE_SCHEMA, StageResult, prior_rows
 
 # One row per record kept by an earlier run of the stage; passed back as ``prior`` to later batches.
 INDEX_SCHEMA: dict[str, pl.DataType] = {
@@ -216,15 +217,6 @@ def index_params(config: DedupConfig) -> str:
 # ------------------------------------------------------------------------------------------ minhash
 
 
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer: spreads every input bit over the output (uint64 wraps)."""
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xFF51AFD7ED558CCD)
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xC4CEB9FE1A85EC53)
-    return x ^ (x >> np.uint64(33))
-
-
 _POWERS: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
 
 
@@ -295,7 +287,7 @@ class MinHasher:
         self.config = config
         self.single_spaced = single_spaced
         self._probes: np.ndarray | None = None
-        self._seed = _fmix64(np.array([config.seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ _FOLD_OFFSET)[0]
+        self._seed = fmix64(np.array([config.seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ _FOLD_OFFSET)[0]
 
     def _prepared(self, texts: pl.Series) -> pl.Series:
         texts = texts.fill_null("")
@@ -336,7 +328,7 @@ class MinHasher:
             span = (prefix[span_end] - prefix[span_start]) * inverse[span_start]
             span ^= (span_end - span_start).astype(np.uint64) * _FOLD_PRIME
             span ^= self._seed
-        return (_fmix64(span) >> np.uint64(32)).astype(np.uint32), doc
+        return (fmix64(span) >> np.uint64(32)).astype(np.uint32), doc
 
     def sketch(
         self, texts: pl.Series, rows: np.ndarray | None = None
@@ -429,7 +421,7 @@ class MinHasher:
     def _probe_hash(self, bins: np.ndarray, attempt: np.ndarray | int) -> np.ndarray:
         key = (bins.astype(np.uint64) << np.uint64(32)) | np.asarray(attempt, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            mixed = _fmix64(key ^ self._seed) >> np.uint64(32)
+            mixed = fmix64(key ^ self._seed) >> np.uint64(32)
             return ((mixed * np.uint64(self.config.num_perm)) >> np.uint64(32)).astype(np.int64)
 
 
@@ -522,7 +514,7 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
             for j in range(rows):
                 acc ^= block[:, :, j]
                 acc *= _FOLD_PRIME
-        out[r0 : r0 + _BAND_BLOCK] = _fmix64(acc)
+        out[r0 : r0 + _BAND_BLOCK] = fmix64(acc)
     return out
 
 
@@ -695,14 +687,7 @@ class Deduplicator:
 
         Re-materializing a batch replaces its own index rows, so they must not count as earlier copies.
         """
-        if prior is None or prior.is_empty():
-            return pl.DataFrame(schema=INDEX_SCHEMA)
-        missing = [c for c in INDEX_SCHEMA if c not in prior.columns]
-        if missing:
-            raise ValueError(f"prior dedup index lacks columns {missing}")
-        prior = prior.select([pl.col(c).cast(t) for c, t in INDEX_SCHEMA.items()])
-        own_batches = records["batch"].drop_nulls().unique()
-        prior = prior.filter(~pl.col("batch").is_in(own_batches.implode()))
+        prior = prior_rows(prior, INDEX_SCHEMA, records)
         other = prior.filter(pl.col("params") != self.params)["params"].unique().sort().to_list()
         if other:
             raise ValueError(

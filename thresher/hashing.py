@@ -7,6 +7,7 @@ would leak evaluation data or break provenance. DuckDB's ``sha256`` is a fixed a
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 import polars as pl
 
 
@@ -16,3 +17,12 @@ def sha256_hex(values: pl.Series) -> pl.Series:
     with duckdb.connect() as con:
         con.register("strings", frame)
         return con.sql("SELECT i, sha256(v) AS h FROM strings ORDER BY i").pl()["h"]
+
+
+def fmix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer: spreads every input bit over the output (uint64 wraps)."""
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))

@@ -27,7 +27,7 @@ import polars as pl
 
 from thresher.config import SemanticConfig
 from thresher.records import conform
-from thresher.stage import EDGE_SCHEMA, STAGE_LEDGER_SCHEMA, StageResult
+from thresher.stage import EDGE_SCHEMA, STAGE_LEDGER_SCHEMA, StageResult, prior_rows
 
 RULE = "semantic_duplicate"
 
@@ -317,14 +317,7 @@ class SemanticDeduplicator:
 
     def _usable_prior(self, prior: pl.DataFrame | None, records: pl.DataFrame) -> pl.DataFrame:
         """Prior index rows, earliest batch first, without the batches being (re)processed."""
-        if prior is None or prior.is_empty():
-            return pl.DataFrame(schema=SEMANTIC_INDEX_SCHEMA)
-        missing = [c for c in SEMANTIC_INDEX_SCHEMA if c not in prior.columns]
-        if missing:
-            raise ValueError(f"prior semantic index lacks columns {missing}")
-        prior = prior.select([pl.col(c).cast(t) for c, t in SEMANTIC_INDEX_SCHEMA.items()])
-        own = records["batch"].drop_nulls().unique()
-        return prior.filter(~pl.col("batch").is_in(own.implode())).sort(["batch", "record_id"])
+        return prior_rows(prior, SEMANTIC_INDEX_SCHEMA, records).sort(["batch", "record_id"])
 
     @staticmethod
     def _prior_matrix(prior: pl.DataFrame, dim: int) -> np.ndarray:

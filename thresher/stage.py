@@ -96,3 +96,19 @@ def chain(records: pl.DataFrame, steps: Sequence[Callable[[pl.DataFrame], StageR
         tables={name: pl.concat(parts, how="diagonal_relaxed") for name, parts in tables.items()},
         counters=counters,
     )
+
+
+def prior_rows(
+    prior: pl.DataFrame | None, schema: dict[str, pl.DataType], records: pl.DataFrame
+) -> pl.DataFrame:
+    """An index of earlier batches, typed to ``schema``, without rows of the batches in ``records``:
+    re-materializing a batch replaces its own index rows, so they must not count as earlier copies."""
+    if prior is None or prior.is_empty():
+        return pl.DataFrame(schema=schema)
+    missing = [c for c in schema if c not in prior.columns]
+    if missing:
+        raise ValueError(f"prior index lacks columns {missing}")
+    own = records["batch"].drop_nulls().unique()
+    return prior.select([pl.col(c).cast(t) for c, t in schema.items()]).filter(
+        ~pl.col("batch").is_in(own.implode())
+    )

@@ -17,6 +17,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+def _unique_names(items: list[Any], what: str) -> list[Any]:
+    """Named entries (recipes, benchmarks) are referred to by name: two with one name is an error."""
+    names = [item.name for item in items]
+    if len(names) != len(set(names)):
+        raise ValueError(f"{what} names must be unique, got {names}")
+    return items
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -182,13 +190,7 @@ class DecontaminationConfig(_Section):
     )
     benchmarks: list[BenchmarkFile] = Field(default_factory=list)
 
-    @field_validator("benchmarks")
-    @classmethod
-    def _unique_benchmark_names(cls, benchmarks: list[BenchmarkFile]) -> list[BenchmarkFile]:
-        names = [b.name for b in benchmarks]
-        if len(names) != len(set(names)):
-            raise ValueError(f"benchmark names must be unique, got {names}")
-        return benchmarks
+    _unique_benchmark_names = field_validator("benchmarks")(lambda cls, v: _unique_names(v, "benchmark"))
 
 
 class SemanticConfig(_Section):
@@ -284,13 +286,7 @@ class SynthesisConfig(_Section):
     seed: int = 7
     recipes: list[RecipeConfig] = Field(default_factory=list)
 
-    @field_validator("recipes")
-    @classmethod
-    def _unique_names(cls, recipes: list[RecipeConfig]) -> list[RecipeConfig]:
-        names = [r.name for r in recipes]
-        if len(names) != len(set(names)):
-            raise ValueError(f"recipe names must be unique, got {names}")
-        return recipes
+    _unique_recipe_names = field_validator("recipes")(lambda cls, v: _unique_names(v, "recipe"))
 
 
 class VerifyConfig(_Section):

@@ -39,7 +39,7 @@ from scipy.sparse.csgraph import connected_components
 from thresher.config import DedupConfig, MinHashConfig, NormalizationConfig
 from thresher.hashing import fmix64
 from thresher.records import conform
-from thresher.stage import EDGE_SCHEMA, StageResult, prior_rows
+from thresher.stage import StageResult, duplicate_edges, prior_rows
 
 # One row per record kept by an earlier run of the stage; passed back as ``prior`` to later batches.
 INDEX_SCHEMA: dict[str, pl.DataType] = {
@@ -907,12 +907,7 @@ class Deduplicator:
         rejected = dropped.select(
             "record_id", pl.col("status").alias("rule"), "detail", "source_file", "source_line"
         )
-        edges = dropped.select(
-            pl.col("record_id").alias("child_id"),
-            pl.col("kept_id").alias("parent_id"),
-            pl.lit("duplicate_of").alias("relation"),
-            "detail",
-        ).cast(EDGE_SCHEMA)
+        edges = duplicate_edges(dropped)
         clusters = self._clusters(dropped)
         kept_mask = pl.Series(out.status == "kept")
         index = self._index(records, kept_mask, out.hashes, turns, turn_hash, sketches, out.has_text)

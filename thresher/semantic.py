@@ -27,7 +27,7 @@ import polars as pl
 
 from thresher.config import SemanticConfig
 from thresher.records import conform
-from thresher.stage import EDGE_SCHEMA, STAGE_LEDGER_SCHEMA, StageResult, prior_rows
+from thresher.stage import STAGE_LEDGER_SCHEMA, StageResult, duplicate_edges, prior_rows
 
 RULE = "semantic_duplicate"
 
@@ -410,12 +410,7 @@ class SemanticDeduplicator:
         rejected = dropped.select(
             "record_id", pl.lit(RULE).alias("rule"), "detail", "source_file", "source_line"
         ).cast(STAGE_LEDGER_SCHEMA)
-        edges = dropped.select(
-            pl.col("record_id").alias("child_id"),
-            pl.col("kept_id").alias("parent_id"),
-            pl.lit("duplicate_of").alias("relation"),
-            "detail",
-        ).cast(EDGE_SCHEMA)
+        edges = duplicate_edges(dropped)
         kept = records.filter(keep_mask)
         vectors = (
             pl.Series("embedding", embeddings[keep]).cast(pl.List(pl.Float32))

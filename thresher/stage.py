@@ -28,6 +28,17 @@ EDGE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+def duplicate_edges(dropped: pl.DataFrame) -> pl.DataFrame:
+    """Lineage edges from each dropped duplicate (``record_id``) to the record kept in its place
+    (``kept_id``), carrying the ledger detail."""
+    return dropped.select(
+        pl.col("record_id").alias("child_id"),
+        pl.col("kept_id").alias("parent_id"),
+        pl.lit("duplicate_of").alias("relation"),
+        "detail",
+    ).cast(EDGE_SCHEMA)
+
+
 @dataclass
 class StageResult:
     """Outcome of one stage over one batch."""

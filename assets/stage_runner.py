@@ -7,6 +7,7 @@ It also builds each stage's two checks: conservation (recounted from the stored 
 stage's Great Expectations suite. Both are blocking: an ERROR stops the batch going downstream.
 """
 
+import importlib
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,11 @@ CONFIG_SECTION = {
     "formatted": "format",
 }
 SAMPLE_ROWS = 5
+EXAMPLES_PER_RULE = 3
+PREVIEW_CHARS = 160
+# Modules that publish ``RULE_DESCRIPTIONS`` (ledger rule name -> one sentence for reviewers); a
+# stage's rules get a description in the UI by adding its module here.
+RULE_DESCRIPTION_MODULES = ("thresher.cleaning.rules",)
 ASSETS_DIR = Path(__file__).resolve().parent
 # Columns a stage rewrites (the rest pass through unchanged and get IDENTITY lineage automatically).
 REWRITTEN_COLUMNS = {
@@ -99,6 +105,8 @@ class StageRun:
     batch: str
     lineage: LineageRun
     inputs: list[DatasetRef] = field(default_factory=list)
+    # Every frame read, so that rejected records can be previewed next to their ledger rows.
+    frames: list[pl.DataFrame] = field(default_factory=list)
 
     def read(self, table: str, *, all_batches: bool = False) -> pl.DataFrame:
         """Records of ``table`` for this batch (or every batch), in a stable order."""
@@ -107,6 +115,7 @@ class StageRun:
         where = {} if all_batches else {"batch": self.batch}
         frame = st.read_table(self.con, table, where, order_by="batch, source_line, record_id")
         self.lineage.inputs.append(DatasetRef.from_frame(table, frame, metrics=True))
+        self.frames.append(frame)
         return frame
 
     def write(
@@ -148,6 +157,7 @@ class StageRun:
                 "kept": dg.MetadataValue.int(written.kept),
                 "rejected": dg.MetadataValue.int(written.rejected),
                 "rejections_by_rule": _rejections_table(result.rejected),
+                "rejection_examples": _rejection_examples(result.rejected, [*self.frames, kept]),
                 "sample": _sample_table(kept),
                 "counters": dg.MetadataValue.json(result.counters),
                 "config": dg.MetadataValue.json(section_config),
@@ -185,7 +195,17 @@ def _table_schema(frame: pl.DataFrame) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
 
 
+def rule_descriptions() -> dict[str, str]:
+    """Ledger rule name -> description, from every module in ``RULE_DESCRIPTION_MODULES``."""
+    descriptions: dict[str, str] = {}
+    for module in RULE_DESCRIPTION_MODULES:
+        descriptions |= importlib.import_module(module).RULE_DESCRIPTIONS
+    return descriptions
+
+
 def _rejections_table(rejected: pl.DataFrame) -> dg.MetadataValue:
+    """Per rule: count, what the rule means, and the first record ids (for ``thresher trace``)."""
+    descriptions = rule_descriptions()
     by_rule = (
         rejected.group_by("rule")
         .agg(
@@ -193,6 +213,8 @@ def _rejections_table(rejected: pl.DataFrame) -> dg.MetadataValue:
             pl.col("record_id").sort_by("source_line", "record_id").head(3).str.join(", ").alias("examples"),
         )
         .sort("count", "rule", descending=[True, False])
+        .with_columns(pl.col("rule").replace_strict(descriptions, default="").alias("description"))
+        .select("rule", "count", "description", "examples")
     )
     return dg.MetadataValue.table(
         records=[dg.TableRecord(row) for row in by_rule.to_dicts()],
@@ -200,10 +222,63 @@ def _rejections_table(rejected: pl.DataFrame) -> dg.MetadataValue:
             columns=[
                 dg.TableColumn("rule", "string"),
                 dg.TableColumn("count", "int"),
+                dg.TableColumn("description", "string"),
                 dg.TableColumn("examples", "string", description="first record ids; `thresher trace ID`"),
             ]
         ),
     )
+
+
+def rejection_examples(rejected: pl.DataFrame, sources: list[pl.DataFrame]) -> pl.DataFrame:
+    """The first ``EXAMPLES_PER_RULE`` ledger rows of every rule (most frequent rule first), each
+    with its detail and PII-redacted previews of its prompt and response.
+
+    The text comes from ``sources`` (the frames the stage read, and what it kept or created); a
+    record found in none (a raw line that never parsed) gets empty previews. Metadata is shown to
+    anyone who opens the UI, hence ``redact_preview``.
+    """
+    columns = ["rule", "record_id", "source", "detail", "prompt_preview", "response_preview"]
+    if rejected.is_empty():
+        return pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
+    order = rejected.group_by("rule").len().sort("len", "rule", descending=[True, False])
+    examples = (
+        rejected.sort("source_line", "record_id")
+        .group_by("rule", maintain_order=True)
+        .head(EXAMPLES_PER_RULE)
+        .join(order.with_row_index("_rank"), on="rule")
+        .sort("_rank", "source_line", "record_id")
+    )
+    with_messages = [s.select("record_id", "messages") for s in sources if "messages" in s.columns]
+    texts = (
+        pl.concat(with_messages, how="vertical_relaxed").unique(
+            "record_id", keep="first", maintain_order=True
+        )
+        if with_messages
+        else pl.DataFrame(schema={"record_id": pl.String, "messages": pl.List(pl.Struct({}))})
+    )
+
+    def turn(role: str) -> pl.Expr:
+        content = pl.element().struct.field("content")
+        picked = pl.col("messages").list.eval(content.filter(pl.element().struct.field("role") == role))
+        text = picked.list.last() if role == "assistant" else picked.list.join("\n")
+        return redact_preview(text.fill_null(""), PREVIEW_CHARS)
+
+    joined = examples.join(
+        texts.filter(pl.col("record_id").is_in(examples["record_id"].implode())), on="record_id", how="left"
+    )
+    has_text = pl.col("messages").is_not_null()
+    return joined.select(
+        "rule",
+        "record_id",
+        pl.concat_str(["source_file", pl.lit(":"), pl.col("source_line").cast(pl.String)]).alias("source"),
+        "detail",
+        pl.when(has_text).then(turn("user")).otherwise(pl.lit("")).alias("prompt_preview"),
+        pl.when(has_text).then(turn("assistant")).otherwise(pl.lit("")).alias("response_preview"),
+    )
+
+
+def _rejection_examples(rejected: pl.DataFrame, sources: list[pl.DataFrame]) -> dg.MetadataValue:
+    return table_metadata(rejection_examples(rejected, sources))
 
 
 def _sample_table(kept: pl.DataFrame) -> dg.MetadataValue:

@@ -1,11 +1,20 @@
-"""Throughput of the cleaned stage (first cut): formatting, PII and quality heuristics, then language ID.
+"""The cleaned stage measured: throughput on generated records, and quality on three real corpora.
 
-Generates N chat records (default 100,000) with planted junk: HTML, control characters, runs of
-spaces, emails, phones, card numbers (Luhn-valid and not), IPs, API keys, refusals, truncated and
-repetitive answers, fenced code. Runs ``Cleaner`` twice: once without language ID (the target is
->= 50,000 records/s for that), once with it. Prints a table, then one JSON object as the last line.
+Throughput: N generated chat records per size (default 100,000 and 1,000,000) with planted junk and
+PII in every record: HTML, chat-template tokens, mojibake, control characters, runs of spaces,
+emails, phones, card numbers (Luhn-valid and not), IBANs, SSNs, dates of birth, names, addresses,
+URL credentials, IPs, API keys, refusals, placeholders, truncated and repetitive answers, fenced
+code. ``Cleaner`` runs twice per size: without language ID (the target is >= 50,000 records/s for
+formatting + PII + heuristics) and with it.
 
-    .venv/bin/python benchmarks/clean.py [--records N] [--seed S]
+Quality, each beside a reference implementation in the same run (the scripts beside this one, each
+also runnable alone): HTML extraction on ../shared/corpora/html/article_extraction vs trafilatura
+(``clean_html.py``), PII detection on ../shared/corpora/pii/presidio vs Presidio (``clean_pii.py``),
+language ID on ../shared/corpora/langid vs lingua (``clean_langid.py``).
+
+    .venv/bin/python benchmarks/clean.py [--sizes N ...] [--seed S] [--skip-corpora]
+
+Prints the tables, then one JSON object with every figure as the last line.
 """
 
 from __future__ import annotations
@@ -22,6 +31,10 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import clean_html
+import clean_langid
+import clean_pii
+
 from thresher.cleaning import Cleaner, language_model
 from thresher.config import CleanConfig, QualityConfig
 from thresher.records import conform
@@ -37,6 +50,10 @@ PROMPTS = [
     "Call me on {phone} tomorrow about the invoice for card {card}.",
     "Why does this fail?\n```python\nif a < b and c > d:\n    print('ok')\n```",
     "Translate 'good morning' into German and explain the greeting's usage.",
+    "Please refund {iban}; my SSN {ssn} is on file and I was born on {dob}.",
+    "My name is {person} and I moved to {address} last month. Can you update my account?",
+    "The job pulls from https://{creds}@git.example.com/repo.git and then fails. Why?",
+    "Itâ€™s the second time the cafÃ© order went wrong.<|im_end|>",
 ]
 FILLER = [
     "Hash tables trade memory for speed, which is usually the right call for lookups.",
@@ -64,6 +81,8 @@ RESPONSES = [
     "Guten Morgen is used until about noon. After that people say Guten Tag, and in the",
     "Yes.\nYes.\nYes.\nYes.\nYes.",
     "The number {card2} is not a valid card, and 4111-1111-1111-1111 is a test card.",
+    "[INST] Lorem ipsum dolor sit amet, consectetur adipiscing elit. [/INST]",
+    "[Insert your answer here]",
 ]
 
 
@@ -93,6 +112,12 @@ def generate(n: int, seed: int) -> pl.DataFrame:
             "key": pl.Series([f"sk-proj-{i:08d}abcdefghijklmnopqrstuv" for i in idx]),
             "card": card.gather(idx % card.len()),
             "card2": pl.Series([f"4000 1234 5678 {i % 10000:04d}" for i in idx]),
+            "iban": pl.Series(["DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432"]).gather(idx % 2),
+            "ssn": pl.Series([f"{100 + i % 500}-{1 + i % 98:02d}-{1 + i % 9998:04d}" for i in idx]),
+            "dob": pl.Series([f"{1 + i % 28} March {1950 + i % 50}" for i in idx]),
+            "person": pl.Series(["Maria Lindqvist", "Kofi Okafor", "Hiro Tanaka"]).gather(idx % 3),
+            "address": pl.Series([f"{10 + i % 900} Maple Street" for i in idx]),
+            "creds": pl.Series([f"deploy:pw{i:08d}xyz" for i in idx]),
         }
     )
     prompts = pl.Series(PROMPTS).gather(rng.integers(0, len(PROMPTS), n))
@@ -104,13 +129,13 @@ def generate(n: int, seed: int) -> pl.DataFrame:
         for i, k in enumerate(rng.integers(4, 12, n))
     ]
     # Filler goes after the prompt and before the response, so refusals stay at the response start
-    # and truncated or repetitive endings stay at its end; refusal templates get none.
-    is_refusal = responses.str.starts_with("I'm sorry")
+    # and truncated or repetitive endings stay at its end; refusals and placeholders get none.
+    alone = responses.str.starts_with("I'm sorry") | responses.str.starts_with("[")
     frame = values.with_columns(
         prompt=prompts + " " + filler.gather(idx % n_filler),
-        response=pl.when(pl.lit(is_refusal)).then(responses).otherwise(pl.Series(prose) + "\n\n" + responses),
+        response=pl.when(pl.lit(alone)).then(responses).otherwise(pl.Series(prose) + "\n\n" + responses),
     )
-    for name in ("email", "phone", "ip", "key", "card", "card2"):
+    for name in values.columns:
         frame = frame.with_columns(
             pl.col("prompt").str.replace_all("{" + name + "}", pl.col(name), literal=True),
             pl.col("response").str.replace_all("{" + name + "}", pl.col(name), literal=True),
@@ -129,13 +154,9 @@ def generate(n: int, seed: int) -> pl.DataFrame:
     return conform(records)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    records = generate(args.records, args.seed)
+def throughput(n: int, seed: int) -> dict:
+    """Seconds and records/s per step on ``n`` generated records, without and with language ID."""
+    records = generate(n, seed)
     chars = int(
         records.select(
             pl.col("messages")
@@ -144,8 +165,6 @@ def main() -> None:
             .sum()
         ).item()
     )
-    language_model()  # load once, outside the timings
-
     heuristics = Cleaner(CleanConfig(quality=QualityConfig(language=None)))
     clock = time.perf_counter()
     result = heuristics.run(records)
@@ -154,41 +173,65 @@ def main() -> None:
 
     with_language = Cleaner(CleanConfig())
     clock = time.perf_counter()
-    full = with_language.run(records)
+    with_language.run(records).check_conservation()
     total_with_language = time.perf_counter() - clock
-    full.check_conservation()
 
-    n = records.height
     steps = {name: seconds for name, seconds in heuristics.timings.items() if name != "quality.language"}
-    rows = [(name, seconds, n / seconds if seconds else float("inf")) for name, seconds in steps.items()]
-    rows.append(("total (format+pii+heuristics)", total, n / total))
-    language_seconds = with_language.timings["quality.language"]
-    rows.append(("language id (extra)", language_seconds, n / language_seconds if language_seconds else 0.0))
-    rows.append(("total with language id", total_with_language, n / total_with_language))
-
-    print(
-        f"cleaned stage: {n:,} records, {chars / n:.0f} chars/record, {os.cpu_count()} cores, polars {pl.__version__}"
-    )
-    print(f"{'step':<32}{'seconds':>10}{'records/s':>14}")
-    for name, seconds, rate in rows:
-        print(f"{name:<32}{seconds:>10.3f}{rate:>14,.0f}")
-    print(
-        f"kept {result.kept.height:,}, rejected {result.rejected_by_rule}, redactions {result.tables['redactions'].height:,}"
-    )
-    print(
-        f"target >= {TARGET_RECORDS_PER_SECOND:,} records/s without language id: {'met' if n / total >= TARGET_RECORDS_PER_SECOND else 'NOT met'}"
-    )
-    summary = {
-        "benchmark": "clean",
+    steps["total (format+pii+heuristics)"] = total
+    steps["language id (extra)"] = with_language.timings["quality.language"]
+    steps["total with language id"] = total_with_language
+    return {
         "records": n,
         "chars_per_record": round(chars / n, 1),
-        "cores": os.cpu_count(),
-        "seconds": {name: round(seconds, 4) for name, seconds, _ in rows},
-        "records_per_second": {name: round(rate) for name, _, rate in rows},
-        "target_records_per_second": TARGET_RECORDS_PER_SECOND,
+        "seconds": {name: round(seconds, 4) for name, seconds in steps.items()},
+        "records_per_second": {
+            name: round(n / seconds) if seconds else None for name, seconds in steps.items()
+        },
         "target_met": n / total >= TARGET_RECORDS_PER_SECOND,
+        "kept": result.kept.height,
+        "rejected_by_rule": result.rejected_by_rule,
+        "redactions": result.tables["redactions"].height,
         "counters": result.counters,
     }
+
+
+def print_throughput(runs: list[dict]) -> None:
+    print(f"cleaned stage throughput, {os.cpu_count()} cores, polars {pl.__version__}")
+    print(f"{'step':<32}" + "".join(f"{run['records']:>12,} rec  {'rec/s':>10}" for run in runs))
+    for name in runs[0]["seconds"]:
+        cells = "".join(
+            f"{run['seconds'][name]:>14.3f} s {run['records_per_second'][name] or 0:>10,}" for run in runs
+        )
+        print(f"{name:<32}{cells}")
+    for run in runs:
+        print(
+            f"{run['records']:,} records ({run['chars_per_record']:.0f} chars each): kept {run['kept']:,}, "
+            f"redactions {run['redactions']:,}, rejected {run['rejected_by_rule']}; target >= "
+            f"{TARGET_RECORDS_PER_SECOND:,} records/s without language id: {'met' if run['target_met'] else 'NOT met'}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-corpora", action="store_true", help="throughput only")
+    args = parser.parse_args()
+
+    language_model()  # load once, outside the timings
+    runs = [throughput(n, args.seed) for n in args.sizes]
+    print_throughput(runs)
+    summary: dict = {
+        "benchmark": "clean",
+        "cores": os.cpu_count(),
+        "target_records_per_second": TARGET_RECORDS_PER_SECOND,
+        "throughput": runs,
+    }
+    if not args.skip_corpora:
+        for name, module in (("html", clean_html), ("pii", clean_pii), ("langid", clean_langid)):
+            print()
+            summary[name] = module.measure()
+            module.print_table(summary[name])
     print(json.dumps(summary))
 
 

@@ -14,7 +14,7 @@ from polars.testing import assert_frame_equal
 
 from tests.conftest import CORPORA
 from thresher.cleaning import Cleaner, luhn_valid, redact_preview
-from thresher.config import CleanConfig, PiiConfig, QualityConfig
+from thresher.config import PII_ENTITY_TYPES, CleanConfig, PiiConfig, QualityConfig
 from thresher.records import conform, empty_records
 
 # Language ID off unless a test is about it: the other specs must not depend on the model.
@@ -177,7 +177,7 @@ class TestPhone:
             "415-555-0132",
             "415.555.0132",
             "+44 20 7946 0958",
-            "+1-984-182-0190",
+            "+1-984-555-0190",  # libphonenumber: a NANP exchange cannot start with 1 (was 182)
             "+4915112345678",
             "07700 900 123",
             "03.93.92.16.85",
@@ -199,7 +199,7 @@ class TestPhone:
             "Dates 2024-01-15 and 2023-12-31.",
             "Plain digits 4155550132 have no separators.",
             "Short +44 20 79 is not enough digits.",
-            "Born 01.02.1990 in town.",
+            "On 01.02.1990 in town.",  # "Born 01.02.1990" is now a date of birth
             "Scores 0 12 34 are low.",
             "Call 555-0132 locally.",
         ],
@@ -337,7 +337,8 @@ class TestRedactionRecords:
             record(f"Kept: {self.TEXT}", user=self.TEXT),
             record(f"I'm sorry, but I can't share {self.TEXT}"),  # rejected as a refusal
             record("", user=self.TEXT),  # rejected: empty response
-            config=CleanConfig(quality=QualityConfig(language=None)),
+            # The kept answer echoes the prompt on purpose (every value in both turns).
+            config=CleanConfig(quality=QualityConfig(language=None, copy_instruction={"enabled": False})),
         )
         assert result.kept.height == 1 and result.rejected.height == 2
         output = everything_as_text(result)
@@ -694,13 +695,19 @@ def test_counter_names():
     result = Cleaner(CleanConfig()).run(mixed_batch())
     expected = {
         "format.html_stripped",
+        "format.special_tokens",
+        "format.mojibake",
+        "format.markdown",
         "format.control_chars",
         "format.whitespace",
         "quality.language_checked",
     }
-    expected |= {f"pii.{e}" for e in ("email", "phone", "card_number", "ip_address", "api_key")}
+    expected |= {f"pii.{e}" for e in PII_ENTITY_TYPES}
     rules = ["empty_after_cleaning", "empty_response", "response_too_short", "response_too_long", "refusal"]
-    rules += ["truncated_response", "repetitive", "wrong_language"]
+    rules += ["placeholder_text", "truncated_response", "repetitive", "copies_instruction"]
+    rules += ["gopher_word_count", "gopher_mean_word_length", "gopher_symbol_ratio", "gopher_bullet_lines"]
+    rules += ["gopher_ellipsis_lines", "gopher_alpha_words", "gopher_stop_words", "c4_javascript_notice"]
+    rules += ["c4_curly_brace", "c4_too_few_sentences", "unsafe_content", "wrong_language"]
     expected |= {f"quality.{r}" for r in rules}
     assert set(result.counters) == expected
 

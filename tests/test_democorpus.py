@@ -151,10 +151,14 @@ def test_every_planted_kind_is_present(truth: GroundTruth) -> None:
         "pii",
         "not_pii",
         "html",
+        "stray_tokens",
+        "mojibake",
         "empty_response",
         "truncated_response",
         "refusal",
         "wrong_language",
+        "placeholder_text",
+        "copies_instruction",
         "malformed",
         "empty_file",
         "wrong_solution",
@@ -171,8 +175,14 @@ def test_every_planted_kind_is_present(truth: GroundTruth) -> None:
         "email",
         "phone",
         "card_number",
+        "iban",
+        "us_ssn",
         "ip_address",
+        "url_credentials",
         "api_key",
+        "person",
+        "street_address",
+        "date_of_birth",
     }
     assert {i["defect"] for i in truth.of_kind("malformed")} >= {
         "a Latin-1 byte inside a message",
@@ -223,6 +233,8 @@ def test_expectations_use_the_projects_rule_names(truth: GroundTruth) -> None:
         ("cleaned", "truncated_response"),
         ("cleaned", "refusal"),
         ("cleaned", "wrong_language"),
+        ("cleaned", "placeholder_text"),
+        ("cleaned", "copies_instruction"),
         ("verified", "code_tests_failed"),
         ("verified", "math_calculation_error"),
     }
@@ -230,7 +242,14 @@ def test_expectations_use_the_projects_rule_names(truth: GroundTruth) -> None:
 
 def test_ground_truth_loader_partitions_items(truth: GroundTruth) -> None:
     assert len(truth.rejected) + len(truth.kept) == len(truth)
-    assert {i["kind"] for i in truth.kept} == {"pii", "not_pii", "html", "boilerplate"}
+    assert {i["kind"] for i in truth.kept} == {
+        "pii",
+        "not_pii",
+        "html",
+        "stray_tokens",
+        "mojibake",
+        "boilerplate",
+    }
     frame = truth.expected_rejections()
     assert frame.columns == ["source_file", "source_line", "stage", "rule", "kind"]
     assert frame.height == len(truth.rejected)
@@ -289,7 +308,13 @@ def test_pii_values_appear_verbatim_in_their_records(truth: GroundTruth, ingeste
         "phone": r"\+?[\d() -]{10,18}",
         "card_number": r"\d{4}[ -]?\d{4,6}[ -]?\d{4,5}(?:[ -]?\d{4})?",
         "ip_address": r"(?:\d{1,3}\.){3}\d{1,3}",
-        "api_key": r"sk-[A-Za-z0-9]{40}|AKIA[A-Z0-9]{16}|ghp_[A-Za-z0-9]{36}",
+        "api_key": r"(?:sk-|sk-proj-|sk-ant-api03-|AKIA|ghp_|github_pat_|glpat-|hf_|AIza|eyJ)[\w.-]{16,}",
+        "iban": r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4})+(?: ?[A-Z0-9]{1,3})?",
+        "us_ssn": r"[0-9]{3}-[0-9]{2}-[0-9]{4}",
+        "url_credentials": r"[a-z]+:[A-Za-z0-9]{10,16}",
+        "person": r"[A-Z][a-z]+ [A-ZÜ][a-zü]+",
+        "street_address": r"[0-9]{1,4} [A-Z][a-z]+ [A-Z][a-z]+",
+        "date_of_birth": r"[0-9]{1,2} [A-Z][a-z]+ [0-9]{4}|[A-Z][a-z]+ [0-9]{1,2}, [0-9]{4}|[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{2}/[0-9]{2}/[0-9]{4}",
     }
     for item in truth.of_kind("pii") + truth.of_kind("not_pii"):
         text = " ".join(m["content"] for m in _record(ingested, item["file"], item["line"])["messages"])
@@ -316,6 +341,18 @@ def test_low_quality_records_show_their_defect(truth: GroundTruth, ingested: dic
             assert answer.count("```") % 2 == 1
         else:
             assert re.search(r"\b(?:the|of|to|for)$", answer) and ". " in answer
+    for item in truth.of_kind("placeholder_text"):
+        answer = _record(ingested, item["file"], item["line"])["messages"][-1]["content"]
+        assert re.search(r"(?i)lorem ipsum|\[[^\]]+\]|<insert|^TODO", answer)
+    for item in truth.of_kind("copies_instruction"):
+        messages = _record(ingested, item["file"], item["line"])["messages"]
+        assert messages[0]["content"] in messages[-1]["content"]
+    for item in truth.of_kind("stray_tokens"):
+        text = " ".join(m["content"] for m in _record(ingested, item["file"], item["line"])["messages"])
+        assert all(token in text for token in item["tokens"])
+    for item in truth.of_kind("mojibake"):
+        text = " ".join(m["content"] for m in _record(ingested, item["file"], item["line"])["messages"])
+        assert item["broken"] in text and item["broken"] == item["fixed"].encode().decode("cp1252")
     for item in truth.of_kind("html"):
         answer = _record(ingested, item["file"], item["line"])["messages"][-1]["content"]
         assert answer.startswith("<div") and "</p>" in answer

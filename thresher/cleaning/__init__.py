@@ -1,28 +1,23 @@
-"""The cleaned stage: formatting junk out, PII redacted, low-quality records rejected by named rules.
+"""The cleaned stage: formatting junk repaired, PII replaced, low-quality records rejected by named rules.
 
-``Cleaner(config).run(records)`` runs three groups of small steps over the records' messages,
-exploded into one row per message (``_row``, ``message_index``, ``role``, ``content``) so that every
-step is a handful of Polars string expressions over a column:
+``Cleaner(config).run(records)`` (``cleaner.py``) runs three groups of small steps over the records'
+messages, exploded into one row per message (``_row``, ``message_index``, ``role``, ``content``;
+``batch.py``) so that every step is a handful of Polars expressions over a column, with per-row
+Python only on the rare rows a vectorized mask selects:
 
-1. Formatting (``HtmlToText``, ``ControlCharRemover``, ``WhitespaceNormalizer``). Text inside ```
-   fences, and every message of a code task, is code: only control characters and the message's
-   ends are touched there, so ``if a < b and c > d:`` and indentation survive.
-2. PII (``PiiRedactor``): every entity type configured in ``clean.pii.entities`` is found with a
-   regex, validated where a regex cannot decide (Luhn for card numbers, digit count for phones,
-   octet ranges for IPv4) and replaced by a typed placeholder such as ``[EMAIL]``, or the record
-   is rejected (``pii_drop``). Each redaction is recorded with the placeholder's character
-   offsets in the cleaned text; the original value is never kept anywhere.
-3. Quality (``QualityFilter``): named rules in a fixed order; the first that fires decides the
-   ledger rule. Cheap rules run first, language identification last and only on survivors.
+1. Formatting (``junk.py``, ``html.py``): HTML to structured text (or a page's main content),
+   special tokens, mojibake, markdown artifacts, control characters, whitespace. Fenced code and
+   code tasks are only touched where a model must never see the text as it is.
+2. PII (``pii.py``, ``pseudonym.py``, ``pii_ner.py``): validated patterns (and optionally spaCy NER
+   for person names), each detection replaced per its entity's action (placeholder, keyed pseudonym,
+   keyed hash) or the record dropped (``pii_drop``). Redactions are recorded as entity and offsets of
+   the replacement in the cleaned text; the original value is kept nowhere.
+3. Quality (``rules.py``, ``langid.py``): named rules in a fixed order, cheap first, language
+   identification last; the first rule that fires decides the ledger rule and its detail, which
+   never quotes record text.
 
-Counters (``StageResult.counters``):
-
-- ``format.html_stripped`` / ``format.control_chars`` / ``format.whitespace``: messages changed
-  by that step.
-- ``pii.<entity>``: detections of that entity type (each one replaced by its placeholder, or, for
-  entities configured as ``drop``, the reason the record was dropped).
-- ``quality.<rule>``: records rejected by that rule (``pii_drop`` included);
-  ``quality.language_checked``: texts that went through language identification.
+Counters (``StageResult.counters``): ``format.<step>`` (messages changed by that step),
+``pii.<entity>`` (detections), ``quality.<rule>`` (records rejected), ``quality.language_checked``.
 """
 
 from thresher.cleaning.cleaner import Cleaner

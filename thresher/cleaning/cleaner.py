@@ -28,7 +28,7 @@ class Cleaner:
         self.config = config
         self.quality = QualityFilter(config.quality)
         self.steps: dict[str, CleanStep] = {
-            "format": Formatter(config.strip_html),
+            "format": Formatter(config.strip_html, config.formatting),
             "pii": PiiRedactor(config.pii),
             "quality": self.quality,
         }

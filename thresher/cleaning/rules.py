@@ -1,25 +1,70 @@
-"""Quality rules: each named, configurable, with a detail sentence that quotes no record text."""
+"""Quality rules: each named, configurable, with a detail sentence that quotes no record text.
+
+A rule reads the per-record feature frame (``_live_features``: ``_row``, ``task``, ``response``
+= the last assistant message, ``prompt`` = the user turns, ...) and returns the rows it rejects as
+``_row``, ``rule``, ``detail``. Most rules have one name; a rule group (``DocumentRules``) measures
+once and charges each record to the first of its criteria that fires, so the ledger names exactly
+which criterion. Every rule name in ``RULE_DESCRIPTIONS`` has a counter ``quality.<name>``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import re
 import time
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Protocol
 
 import polars as pl
 
-from thresher.cleaning.batch import FENCE, CleanBatch
+from thresher.cleaning.batch import FENCE, CleanBatch, replace_where
 from thresher.cleaning.langid import confident_languages, language_probability
-from thresher.config import QualityConfig
+from thresher.config import CopyInstructionConfig, DocumentRulesConfig, QualityConfig, UnsafeWordsConfig
+
+# One sentence per ledger rule name, for reviewers (shown next to the counts in the UI).
+RULE_DESCRIPTIONS: dict[str, str] = {
+    "empty_after_cleaning": "Every message of the record is empty after formatting cleanup.",
+    "empty_response": "The record has no assistant message, or its last one is empty.",
+    "response_too_short": "The assistant response is shorter than clean.quality.min_response_chars.",
+    "response_too_long": "The assistant response is longer than clean.quality.max_response_chars.",
+    "refusal": "The assistant response opens with a refusal or an AI disclaimer.",
+    "placeholder_text": "The response holds placeholder text: lorem ipsum, [insert X], an unfilled "
+    "{slot}, or a TODO/TBD stub instead of an answer.",
+    "truncated_response": "The assistant response ends mid-sentence or leaves a code fence open.",
+    "repetitive": "Too many of the response's lines repeat an earlier line.",
+    "copies_instruction": "The response echoes the prompt: equal to it, contained in it, or mostly made "
+    "of its word n-grams.",
+    "gopher_word_count": "Gopher: the response has more words than documents.max_words.",
+    "gopher_mean_word_length": "Gopher: the mean word length of a long response is outside 3..10.",
+    "gopher_symbol_ratio": "Gopher: too many '#' symbols or ellipses per word in a long response.",
+    "gopher_bullet_lines": "Gopher: nearly every line of a long response starts with a bullet.",
+    "gopher_ellipsis_lines": "Gopher: too many lines of a long response end with an ellipsis.",
+    "gopher_alpha_words": "Gopher: too few words of a long response contain a letter.",
+    "gopher_stop_words": "Gopher: a long response has almost none of the common stop words.",
+    "c4_javascript_notice": "C4: the response holds a browser notice such as 'JavaScript must be enabled'.",
+    "c4_curly_brace": "C4: a long response has a curly brace in its prose (outside any code).",
+    "c4_too_few_sentences": "C4: a long response has fewer sentence ends than documents.min_sentences.",
+    "unsafe_content": "The response has more unsafe-word-list matches than unsafe_words.max_hits.",
+    "wrong_language": "The record's text is identified as another language than the dataset's.",
+}
+
+_REJECTED_SCHEMA = {"_row": pl.UInt32, "rule": pl.String, "detail": pl.String}
+_CODE_BLOCK = r"(?s)```.*?(?:```|\z)"  # a fenced block, or an unclosed fence to the end
+_INLINE_CODE = r"`[^`\n]+`"
+# Lines of unfenced code or JSON: they open with a bracket or a quote, or end with an opening
+# brace, a comma or a semicolon. Template slots and stray braces are only looked for elsewhere.
+_CODE_LIKE_LINE = r"(?m)^[ \t]*[{}\[\]\"'].*$|^.*[{,;][ \t]*$"
 
 
 class QualityRule(Protocol):
-    """A named rule: which of ``features`` it rejects, each with a detail sentence (no record text)."""
+    """Named rule(s): the rows of ``features`` rejected, as ``_row``, ``rule`` (one of ``names``), ``detail``."""
 
-    name: str
+    names: tuple[str, ...]
 
-    def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:  # (_row, detail)
-        ...
+    def evaluate(self, features: pl.DataFrame) -> pl.DataFrame: ...
 
 
 @dataclass
@@ -30,12 +75,32 @@ class ExprRule:
     fires: pl.Expr
     detail: pl.Expr
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
     def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
-        return features.filter(self.fires.fill_null(False)).select("_row", self.detail.alias("detail"))
+        return features.filter(self.fires.fill_null(False)).select(
+            "_row", pl.lit(self.name).alias("rule"), self.detail.alias("detail")
+        )
 
 
 def _response_len() -> pl.Expr:
     return pl.col("response").str.len_chars()
+
+
+def _skipped(tasks: list[str]) -> pl.Expr:
+    return pl.col("task").is_in(tasks).fill_null(False)
+
+
+def _prose(text: pl.Expr) -> pl.Expr:
+    """``text`` with fenced code blocks cut out (each becomes a line break)."""
+    return text.str.replace_all(_CODE_BLOCK, "\n")
+
+
+def _outside_code(text: pl.Expr) -> pl.Expr:
+    """Prose without inline code spans and code-like lines: where a brace cannot be code or JSON."""
+    return _prose(text).str.replace_all(_INLINE_CODE, " ").str.replace_all(_CODE_LIKE_LINE, "")
 
 
 def empty_after_cleaning() -> ExprRule:
@@ -74,40 +139,134 @@ def response_too_long(maximum: int) -> ExprRule:
     )
 
 
+def _families(column: pl.Expr, patterns: dict[str, str]) -> pl.Expr:
+    """Name of the first family in ``patterns`` whose regex matches ``column`` (null if none)."""
+    family = pl.lit(None, dtype=pl.String)
+    for name, regex in reversed(patterns.items()):
+        family = pl.when(column.str.contains(regex)).then(pl.lit(name)).otherwise(family)
+    return family
+
+
+def _any_of(patterns: dict[str, str]) -> str:
+    return "|".join(f"(?:{regex})" for regex in patterns.values())
+
+
 # Refusals and AI disclaimers at the start of the response, by family (the family name is what the
-# ledger detail reports). Curly apostrophes are common in model output.
+# ledger detail reports; the first family that matches names it). Curly apostrophes are common in
+# model output. Specific families come before the generic "cannot" ones.
 _A = "['’]"
+_AI = (
+    r"(?:AI|A\.I\.|artificial intelligence|(?:large |AI |text-based |computer-based )?language model|LLM|"
+    r"AI (?:language )?model|AI assistant|AI chatbot|chatbot|virtual assistant|digital assistant|"
+    r"machine learning model|computer program|text-based AI)"
+)
+_IM = rf"(?:I{_A}m|I am)"
+_DONT = rf"(?:do not|don{_A}t|do n{_A}t)"
+_CANT = rf"(?:cannot|can{_A}t|can not|am unable to|{_A}m unable to|am not able to|{_A}m not able to)"
 REFUSAL_PATTERNS: dict[str, str] = {
-    "apology_then_cannot": rf"^(?:I{_A}m|I am) (?:so |very |really )?sorry,? (?:but )?I (?:can{_A}t|cannot|won{_A}t|am "
-    rf"(?:not able|unable)|{_A}m (?:not able|unable))",
-    "apologize_then_cannot": rf"^I (?:apologi[sz]e|must apologi[sz]e),? (?:but )?I (?:can{_A}t|cannot|won{_A}t|am unable)",
-    "sorry_cannot": rf"^Sorry,? (?:but )?I (?:can{_A}t|cannot|won{_A}t|am unable|{_A}m unable|{_A}m not able)",
-    "cannot_help": rf"^I (?:cannot|can{_A}t|can not|won{_A}t|will not|am not able to|{_A}m not able to) "
+    "as_an_ai": rf"(?i)^(?:(?:{_IM} )?sorry,? (?:but )?|unfortunately,? |however,? |well,? |honestly,? )?"
+    rf"as an? {_AI}\b",
+    "just_an_ai": rf"(?i)^{_IM} (?:just |only |merely |simply )?an? {_AI}\b",
+    "no_personal_opinions": rf"(?i)^(?:as an? {_AI},? )?I {_DONT} (?:have|possess|hold|experience) "
+    r"(?:any )?(?:personal |real |human |my own )?(?:opinions?|feelings|emotions|beliefs|preferences|"
+    r"experiences|views|consciousness|a physical body|a body)\b",
+    "knowledge_cutoff": r"(?i)^(?:as of my (?:last |latest |most recent )?(?:knowledge |training )?"
+    r"(?:update|cutoff|cut-off|training)|my (?:knowledge|training)(?: data)? (?:cutoff|cut-off|only goes|"
+    r"only extends|ends|is limited|is current|stops)|my knowledge (?:is|was) (?:last )?updated)",
+    "no_realtime_access": rf"(?i)^I (?:{_DONT} have (?:the ability to access |access to |real-time access to"
+    rf" |any access to )|{_CANT} (?:access|browse|search) )(?:the )?(?:real[- ]time|realtime|internet|web|"
+    r"current|live|up[- ]to[- ]date|latest|external|today)",
+    "apology_then_cannot": rf"(?i)^{_IM} (?:so |very |really )?sorry,? (?:but )?I (?:can{_A}t|cannot|won{_A}t|"
+    rf"am (?:not able|unable)|{_A}m (?:not able|unable))",
+    "apologize_then_cannot": rf"(?i)^I (?:apologi[sz]e|must apologi[sz]e),? (?:but )?I (?:can{_A}t|cannot|"
+    rf"won{_A}t|am unable)",
+    "sorry_cannot": rf"(?i)^Sorry,? (?:but )?I (?:can{_A}t|cannot|won{_A}t|am unable|{_A}m unable|"
+    rf"{_A}m not able)",
+    "cannot_help": rf"(?i)^I (?:cannot|can{_A}t|can not|won{_A}t|will not|am not able to|{_A}m not able to) "
     r"(?:help|assist|provide|comply|fulfill|do that|answer|create|generate|write|support)",
-    "unable_to": rf"^(?:I am|I{_A}m) unable to",
-    "as_an_ai": r"^As an (?:AI|artificial intelligence)(?: language model| assistant| model)?\b",
+    "unable_to": rf"(?i)^{_IM} unable to",
 }
 
 
 class RefusalRule:
     """The response opens with a refusal or an AI disclaimer (anchored patterns: only its start is read)."""
 
-    name = "refusal"
-    _ANY = "(?i)" + "|".join(f"(?:{regex})" for regex in REFUSAL_PATTERNS.values())
+    names = ("refusal",)
+    _ANY = _any_of(REFUSAL_PATTERNS)
 
     def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
         hits = features.filter(pl.col("response").str.contains(self._ANY).fill_null(False))
-        family = pl.lit(None, dtype=pl.String)
-        for name, regex in reversed(REFUSAL_PATTERNS.items()):
-            family = (
-                pl.when(pl.col("response").str.contains("(?i)" + regex)).then(pl.lit(name)).otherwise(family)
-            )
+        family = _families(pl.col("response"), REFUSAL_PATTERNS)
         return hits.select(
             "_row",
+            pl.lit("refusal").alias("rule"),
             pl.format(
                 "assistant response opens with a refusal or AI disclaimer (pattern family {})", family
             ).alias("detail"),
         )
+
+
+# Placeholder families and what the detail says was found (a description, never the text itself).
+_STUB_WORD = r"(?:todo|tbd|tba|xxx+|fixme|placeholder|to be (?:done|determined|added|written)|n/?a)"
+PLACEHOLDER_PATTERNS: dict[str, tuple[str, str]] = {
+    "stub_answer": (
+        rf"(?i)^\W*(?:{_STUB_WORD}|(?:your )?answer (?:goes )?here)\W*$"
+        rf"|(?i)^\W*(?:answer|response|output|solution|result)\s*:\s*(?:\.{{2,}}|…|_+|\?+|-+|{_STUB_WORD})?\W*$"
+        r"|^\W*(?:TODO|TBD|FIXME)\b",
+        "a stub instead of an answer (TODO, TBD, XXX or an empty 'Answer:')",
+    ),
+    "lorem_ipsum": (r"(?i)\blorem\s+ipsum\b", "lorem ipsum filler text"),
+    "bracket_placeholder": (
+        r"(?i)[\[<](?:insert|enter|add|put|type|fill in|your)\b[^\]\[<>\n]{0,60}[\]>](?:[^(]|$)"
+        r"|(?i)[\[<][^\]\[<>\n]{1,40}\bhere[\]>](?:[^(]|$)",
+        "a bracketed placeholder such as [insert ...], [Your ...] or <... here>",
+    ),
+    # A slot opens after a space, a bracket, a quote or the start: LaTeX (\frac{a}{b}, x^{n}) and
+    # code-like lines were cut out before this is read.
+    "template_slot": (
+        r"(?:^|[\s(\"'“:,])\{\{\s*[A-Za-z_][\w.]*\s*\}\}|(?:^|[\s(\"'“:,])\{[A-Za-z_][A-Za-z0-9_]*\}",
+        "an unfilled template slot in curly braces outside code",
+    ),
+}
+# Which text each family reads: the whole response for stubs, prose outside code for the others.
+_PLACEHOLDER_TEXT = {
+    "stub_answer": "response",
+    "lorem_ipsum": "prose",
+    "bracket_placeholder": "prose",
+    "template_slot": "outside_code",
+}
+
+
+class PlaceholderRule:
+    """The response holds placeholder text instead of content.
+
+    Stubs (the whole answer is "TODO", "TBD", "XXX", "Answer: ...") are read in every task; lorem
+    ipsum and bracketed placeholders ("[insert name here]", "[Your Name]", "<your answer here>")
+    only in prose (fenced code cut out, code tasks skipped); template slots (``{name}``,
+    ``{{variable}}``) only outside code spans and code-like lines, so code, JSON examples and
+    LaTeX pass.
+    """
+
+    names = ("placeholder_text",)
+
+    def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
+        code = _skipped(["code"])
+        texts = features.select(
+            "_row",
+            "response",
+            pl.when(code).then(pl.lit("")).otherwise(_prose(pl.col("response"))).alias("prose"),
+            pl.when(code).then(pl.lit("")).otherwise(_outside_code(pl.col("response"))).alias("outside_code"),
+        )
+        found = [
+            pl.when(pl.col(_PLACEHOLDER_TEXT[name]).str.contains(regex)).then(pl.lit(name))
+            for name, (regex, _) in PLACEHOLDER_PATTERNS.items()
+        ]
+        family = pl.coalesce(found)
+        described = pl.coalesce(
+            pl.when(family == name).then(pl.lit(text)) for name, (_, text) in PLACEHOLDER_PATTERNS.items()
+        )
+        detail = pl.format("assistant response contains placeholder text: {}", described)
+        return ExprRule("placeholder_text", family.is_not_null(), detail).evaluate(texts)
 
 
 # Characters a finished response may end with: sentence punctuation, closers, quotes, markdown
@@ -131,14 +290,12 @@ class TruncationRule:
     answers ending with a closing code fence pass. Code and math tasks are not checked.
     """
 
-    name = "truncated_response"
+    names = ("truncated_response",)
     tail_chars = 80
 
     def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
         r = pl.col("response")
-        eligible = features.filter(
-            ~pl.col("task").is_in(["code", "math"]).fill_null(False) & (r.str.len_bytes() > 0)
-        ).select(
+        eligible = features.filter(~_skipped(["code", "math"]) & (r.str.len_bytes() > 0)).select(
             "_row",
             "response",
             r.str.count_matches(FENCE, literal=True).alias("fences"),
@@ -177,7 +334,7 @@ class TruncationRule:
                 )
             )
         )
-        return ExprRule(self.name, open_fence | unfinished, detail).evaluate(suspects)
+        return ExprRule("truncated_response", open_fence | unfinished, detail).evaluate(suspects)
 
 
 class RepetitionRule:
@@ -187,7 +344,7 @@ class RepetitionRule:
     repeat them legitimately.
     """
 
-    name = "repetitive"
+    names = ("repetitive",)
 
     def __init__(self, max_fraction: float) -> None:
         self.max_fraction = max_fraction
@@ -211,7 +368,376 @@ class RepetitionRule:
             pl.col("n"),
             pl.lit(self.max_fraction),
         )
-        return ExprRule(self.name, fires, detail).evaluate(measured)
+        return ExprRule("repetitive", fires, detail).evaluate(measured)
+
+
+def _normalized(text: pl.Expr) -> pl.Expr:
+    """Lowercase words separated by single spaces: case, punctuation and spacing do not count."""
+    return text.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars()
+
+
+class CopyInstructionRule:
+    """The response copies or merely echoes the prompt (the record's user turns).
+
+    Four tests on normalized text (lowercase words), the first that holds names the detail: equal;
+    the whole prompt inside the response, making at least ``min_echo_fraction`` of its words ("You
+    asked: ..."); the response contained in the prompt; more than ``max_shared_ngram_fraction`` of
+    its word n-grams found in the prompt. The last two read only responses of at least
+    ``min_words`` words, so that short answers that reuse the prompt's words (a name, a chosen
+    option) pass. Code and math tasks are skipped by default: a fixed program or a restated
+    equation copies the prompt legitimately.
+    """
+
+    names = ("copies_instruction",)
+
+    def __init__(self, config: CopyInstructionConfig) -> None:
+        self.config = config
+
+    def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
+        c = self.config
+        measured = (
+            features.filter(~_skipped(c.skip_tasks))
+            .select(
+                "_row", _normalized(pl.col("response")).alias("r"), _normalized(pl.col("prompt")).alias("p")
+            )
+            .filter((pl.col("r") != "") & (pl.col("p") != ""))
+            .with_columns(
+                (pl.col("r").str.count_matches(" ", literal=True) + 1).alias("words"),
+                (pl.col("p").str.count_matches(" ", literal=True) + 1).alias("prompt_words"),
+            )
+        )
+        padded_r = pl.lit(" ") + pl.col("r") + pl.lit(" ")
+        padded_p = pl.lit(" ") + pl.col("p") + pl.lit(" ")
+        identical = pl.col("r") == pl.col("p")
+        echo = (pl.col("prompt_words") >= c.min_echo_fraction * pl.col("words")) & padded_r.str.contains(
+            padded_p, literal=True
+        )
+        contained = (pl.col("words") >= c.min_words) & padded_p.str.contains(padded_r, literal=True)
+        measured = measured.with_columns(
+            identical.alias("identical"), echo.alias("echo"), contained.alias("contained")
+        )
+        copied = pl.col("identical") | pl.col("echo") | pl.col("contained")
+        # A response with more than twice the prompt's words could only be mostly the prompt's
+        # n-grams by repeating them, which the deduped stage's repetition rules reject: not measured.
+        overlap = self._shared_ngrams(
+            measured.filter(
+                ~copied
+                & (pl.col("words") >= max(c.min_words, c.ngram))
+                & (pl.col("prompt_words") >= c.ngram)
+                & (pl.col("words") <= 2 * pl.col("prompt_words"))
+            )
+        )
+        measured = measured.join(overlap, on="_row", how="left")
+        fires = copied | (pl.col("shared") > c.max_shared_ngram_fraction)
+        detail = (
+            pl.when(pl.col("identical"))
+            .then(pl.lit("assistant response equals the user prompt after normalization (case, punctuation)"))
+            .when(pl.col("echo"))
+            .then(
+                pl.format(
+                    "assistant response repeats the whole user prompt ({} of its {} words); minimum share "
+                    "for an echo is {}",
+                    pl.col("prompt_words"),
+                    pl.col("words"),
+                    pl.lit(c.min_echo_fraction),
+                )
+            )
+            .when(pl.col("contained"))
+            .then(pl.format("assistant response ({} words) is contained in the user prompt", pl.col("words")))
+            .otherwise(
+                pl.format(
+                    "{} of the assistant response's {} word {}-grams also occur in the user prompt; "
+                    "maximum is {}",
+                    pl.col("shared").round(2),
+                    pl.col("ngrams"),
+                    pl.lit(c.ngram),
+                    pl.lit(c.max_shared_ngram_fraction),
+                )
+            )
+        )
+        return ExprRule("copies_instruction", fires, detail).evaluate(measured)
+
+    def _shared_ngrams(self, texts: pl.DataFrame) -> pl.DataFrame:
+        """``_row``, ``ngrams`` (the response's word n-grams) and ``shared`` (the share found in the prompt)."""
+        n = self.config.ngram
+
+        def grams(column: str) -> pl.DataFrame:
+            # Texts are contiguous after the explode: a plain shift, masked where it crosses texts.
+            words = texts.select("_row", pl.col(column).str.split(" ").alias("w")).explode("w")
+            same_text = pl.col("_row").shift(-(n - 1)) == pl.col("_row")
+            gram = pl.concat_str([pl.col("w").shift(-k) for k in range(n)], separator=" ")
+            return words.select("_row", pl.when(same_text).then(gram).alias("g")).drop_nulls("g")
+
+        response = grams("r")
+        prompt = grams("p").unique()
+        found = response.join(prompt, on=["_row", "g"], how="semi")
+        return (
+            response.group_by("_row")
+            .len("ngrams")
+            .join(found.group_by("_row").len("hits"), on="_row", how="left")
+            .select("_row", "ngrams", (pl.col("hits").fill_null(0) / pl.col("ngrams")).alias("shared"))
+        )
+
+
+# Browser notices that only a scraped page has (C4 drops pages and lines that mention them).
+_JAVASCRIPT_NOTICE = (
+    r"(?i)javascript (?:must|needs to|has to|should) be (?:enabled|turned on)|(?:please |you must |you need to )?"
+    r"(?:enable|turn on) javascript (?:in your browser|to (?:view|use|continue|see))|javascript is "
+    r"(?:disabled|required|not enabled|currently disabled)|(?:site|page|app) requires javascript|"
+    r"browser does(?: not|n't) support javascript"
+)
+_BULLET_LINE = r"(?m)^[^\S\n]*(?:[•●◦▪‣⁃]|[-*](?:[^\S\n]|$))"
+_CONTENT_WORD = r"\S*[\p{L}\p{N}]\S*"
+_ELLIPSIS = r"\.\.\.|…"
+_SENTENCE_END = r"[.!?…。！？][\"'”’)\]*]*(?:\s|$)"
+_HEADING_MARKER = r"(?m)^[ \t]*#{1,6}[ \t]"
+
+
+class DocumentRules:
+    """Gopher quality filter and C4 document rules, for long prose responses.
+
+    Measured on the response's prose (fenced code cut out) when it has at least ``min_words``
+    whitespace-separated words; ``skip_tasks`` (code, math) are never measured. Words are
+    whitespace tokens; lines are the non-blank lines (markdown spacing must not dilute the line
+    shares). Markdown heading markers (``## Title``) are not counted as '#' symbols: Gopher's '#'
+    rule targets hashtag spam, and headings are normal in chat answers. A record is charged to the
+    first criterion (``names`` order) it breaks.
+    """
+
+    names = (
+        "gopher_word_count",
+        "gopher_mean_word_length",
+        "gopher_symbol_ratio",
+        "gopher_bullet_lines",
+        "gopher_ellipsis_lines",
+        "gopher_alpha_words",
+        "gopher_stop_words",
+        "c4_javascript_notice",
+        "c4_curly_brace",
+        "c4_too_few_sentences",
+    )
+
+    def __init__(self, config: DocumentRulesConfig) -> None:
+        self.config = config
+        stop = "|".join(re.escape(w) for w in config.stop_words)
+        self._stop_regex = rf"(?i)\b(?:{stop})\b" if stop else None
+
+    def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
+        c = self.config
+        # n words need at least 2n - 1 characters: a length test spares most of the word counts.
+        prose = features.filter(
+            ~_skipped(c.skip_tasks) & (pl.col("response").str.len_bytes() >= 2 * c.min_words - 1)
+        ).select("_row", "response", _prose(pl.col("response")).alias("prose"))
+        long = prose.filter(pl.col("prose").str.count_matches(r"\S+") >= c.min_words)
+        measured = long.select("_row", "prose", *self._measures())
+        # Gopher leaves tokens without a letter or digit ("-", "...") out of the mean word length;
+        # their characters are counted only in the texts that have such tokens.
+        symbol_chars = pl.col("prose").str.replace_all(_CONTENT_WORD, "").str.replace_all(r"\s+", "")
+        measured = replace_where(
+            measured.with_columns(pl.lit("").alias("symbols")),
+            "symbols",
+            pl.col("words") != pl.col("content_words"),
+            symbol_chars,
+        ).with_columns(
+            ((pl.col("non_space") - pl.col("symbols").str.len_chars()) / pl.col("content_words")).alias(
+                "mean_length"
+            )
+        )
+        fires, details = self._criteria()
+        rule = pl.coalesce(pl.when(f).then(pl.lit(name)) for name, f in zip(self.names, fires, strict=True))
+        detail = pl.coalesce(
+            pl.when(rule == name).then(d) for name, d in zip(self.names, details, strict=True)
+        )
+        return measured.filter(rule.is_not_null()).select("_row", rule.alias("rule"), detail.alias("detail"))
+
+    def _measures(self) -> list[pl.Expr]:
+        """Counts by regex over the whole text (no per-word lists: several times faster)."""
+        text = pl.col("prose")
+        stop_words = text.str.count_matches(self._stop_regex) if self._stop_regex else pl.lit(None, pl.UInt32)
+        return [
+            text.str.count_matches(r"\S+").alias("words"),
+            text.str.count_matches(_CONTENT_WORD).alias("content_words"),
+            (text.str.len_chars() - text.str.count_matches(r"\s")).alias("non_space"),
+            text.str.replace_all(_HEADING_MARKER, " ").str.count_matches("#", literal=True).alias("hashes"),
+            text.str.count_matches(_ELLIPSIS).alias("ellipses"),
+            text.str.count_matches(r"(?m)^[^\S\n]*\S").alias("lines"),
+            text.str.count_matches(_BULLET_LINE).alias("bullet_lines"),
+            text.str.count_matches(rf"(?m)(?:{_ELLIPSIS})[^\S\n]*$").alias("ellipsis_lines"),
+            text.str.count_matches(r"\S*\p{L}\S*").alias("alpha_words"),
+            stop_words.alias("stop_words"),
+            text.str.contains(_JAVASCRIPT_NOTICE).alias("javascript"),
+            _outside_code(pl.col("response")).str.contains(r"[{}]").alias("curly"),
+            text.str.count_matches(_SENTENCE_END).alias("sentences"),
+        ]
+
+    def _criteria(self) -> tuple[list[pl.Expr], list[pl.Expr]]:
+        """One firing expression and one detail expression per name, in ``names`` order."""
+        c = self.config
+        words, lines = pl.col("words"), pl.col("lines")
+        hash_ratio = pl.col("hashes") / words
+        ellipsis_ratio = pl.col("ellipses") / words
+        bullet_share = pl.col("bullet_lines") / lines
+        ellipsis_share = pl.col("ellipsis_lines") / lines
+        alpha_share = pl.col("alpha_words") / words
+        mean = pl.col("mean_length")
+        fires = [
+            words > c.max_words,
+            (mean < c.min_mean_word_length) | (mean > c.max_mean_word_length),
+            (hash_ratio > c.max_symbol_ratio) | (ellipsis_ratio > c.max_symbol_ratio),
+            bullet_share > c.max_bullet_line_fraction,
+            ellipsis_share > c.max_ellipsis_line_fraction,
+            alpha_share < c.min_alpha_word_fraction,
+            pl.col("stop_words") < c.min_stop_words,
+            pl.col("javascript"),
+            pl.col("curly"),
+            pl.col("sentences") < c.min_sentences,
+        ]
+        symbol = (
+            pl.when(hash_ratio > c.max_symbol_ratio)
+            .then(
+                pl.format(
+                    "{} '#' symbols per word (markdown heading markers not counted)", hash_ratio.round(2)
+                )
+            )
+            .otherwise(pl.format("{} ellipses per word", ellipsis_ratio.round(2)))
+        )
+        stop_list = ", ".join(c.stop_words)
+        details = [
+            pl.format("assistant response has {} words; maximum is {}", words, pl.lit(c.max_words)),
+            pl.format(
+                "mean word length of the assistant response is {} characters; expected {} to {}",
+                mean.round(2),
+                pl.lit(c.min_mean_word_length),
+                pl.lit(c.max_mean_word_length),
+            ),
+            pl.format("assistant response has {}; maximum is {}", symbol, pl.lit(c.max_symbol_ratio)),
+            pl.format(
+                "{} of the assistant response's {} lines start with a bullet; maximum is {}",
+                bullet_share.round(2),
+                lines,
+                pl.lit(c.max_bullet_line_fraction),
+            ),
+            pl.format(
+                "{} of the assistant response's {} lines end with an ellipsis; maximum is {}",
+                ellipsis_share.round(2),
+                lines,
+                pl.lit(c.max_ellipsis_line_fraction),
+            ),
+            pl.format(
+                "{} of the assistant response's {} words contain a letter; minimum is {}",
+                alpha_share.round(2),
+                words,
+                pl.lit(c.min_alpha_word_fraction),
+            ),
+            pl.format(
+                "assistant response has {} occurrences of the stop words ({}) in {} words; minimum is {}",
+                pl.col("stop_words"),
+                pl.lit(stop_list),
+                words,
+                pl.lit(c.min_stop_words),
+            ),
+            pl.lit("assistant response holds a browser notice of the 'JavaScript must be enabled' kind"),
+            pl.lit(
+                "assistant response has a curly brace in prose (outside code blocks, inline code and code lines)"
+            ),
+            pl.format(
+                "assistant response has {} sentence ends in {} words; minimum is {}",
+                pl.col("sentences"),
+                words,
+                pl.lit(c.min_sentences),
+            ),
+        ]
+        return fires, details
+
+
+# --- unsafe words ----------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def load_wordlist(spec: str) -> dict[str, tuple[str, ...]]:
+    """Category -> terms of the word list ``spec`` (see ``UnsafeWordsConfig.wordlist``), read once.
+
+    ``glin-profanity:<language>`` reads the JSON dictionary shipped inside the glin-profanity
+    package (MIT); its lists have no categories, so all terms are "profanity". A path is read as
+    JSON (``{"words": [...]}``) or as text: one term per line, optionally ``category<TAB>term``;
+    blank lines and lines starting with ``#`` are skipped.
+    """
+    if spec.startswith("glin-profanity:"):
+        found = importlib.util.find_spec("glin_profanity")
+        if found is None or not found.submodule_search_locations:
+            raise RuntimeError("glin-profanity is not installed; it ships the default unsafe-word list")
+        language = spec.removeprefix("glin-profanity:")
+        root = Path(next(iter(found.submodule_search_locations)))
+        path = root / "data" / "dictionaries" / f"{language}.json"
+    else:
+        path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"unsafe-word list {spec!r} not found at {path}")
+    categories: dict[str, list[str]] = {}
+    if path.suffix == ".json":
+        categories["profanity"] = [str(w) for w in json.loads(path.read_text(encoding="utf-8"))["words"]]
+    else:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            category, _, term = line.rpartition("\t")
+            categories.setdefault(category.strip() or "profanity", []).append(term)
+    return {
+        name: tuple(sorted({t.strip().lower() for t in terms if t.strip()}))
+        for name, terms in sorted(categories.items())
+    }
+
+
+def wordlist_regex(terms: tuple[str, ...]) -> str:
+    """One case-insensitive alternation of ``terms``, longest first, matched on word boundaries.
+
+    A boundary is required only at an end that is a word character ("a$$" and emoji match as
+    written); the spaces of a phrase match any whitespace.
+    """
+
+    def one(term: str) -> str:
+        body = r"\s+".join(re.escape(part) for part in term.split())
+        start = r"\b" if re.match(r"\w", term[0]) else ""
+        end = r"\b" if re.match(r"\w", term[-1]) else ""
+        return start + body + end
+
+    ordered = sorted(terms, key=lambda t: (-len(t), t))
+    return "(?i)(?:" + "|".join(one(t) for t in ordered) + ")"
+
+
+class UnsafeContentRule:
+    """More than ``max_hits`` word-list matches in the response (every occurrence counts).
+
+    The list is compiled once into one regex per category; the detail gives the list, the count
+    per category and the maximum, never the matched words.
+    """
+
+    names = ("unsafe_content",)
+
+    def __init__(self, config: UnsafeWordsConfig) -> None:
+        self.config = config
+        self.categories = {
+            name: wordlist_regex(terms) for name, terms in load_wordlist(config.wordlist).items()
+        }
+        self._any = "|".join(f"(?:{regex})" for regex in self.categories.values())
+
+    def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
+        counted = features.select("_row", pl.col("response").str.count_matches(self._any).alias("hits"))
+        over = counted.filter(pl.col("hits") > self.config.max_hits).join(
+            features.select("_row", "response"), on="_row", how="left"
+        )
+        per_category = [
+            pl.format("{}: {}", pl.lit(name), pl.col("response").str.count_matches(regex))
+            for name, regex in self.categories.items()
+        ]
+        detail = pl.format(
+            "assistant response has {} matches of the unsafe-word list {} ({}); maximum is {}",
+            pl.col("hits"),
+            pl.lit(self.config.wordlist),
+            pl.concat_str(per_category, separator=", "),
+            pl.lit(self.config.max_hits),
+        )
+        return ExprRule("unsafe_content", pl.lit(True), detail).evaluate(over)
 
 
 class LanguageRule:
@@ -221,7 +747,7 @@ class LanguageRule:
     the first 400 characters are read: plenty for a confident label, and fastText's cost is linear.
     """
 
-    name = "wrong_language"
+    names = ("wrong_language",)
     min_probability = 0.5
     max_chars = 400
 
@@ -233,7 +759,7 @@ class LanguageRule:
     def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
         text = (
             pl.col("dialogue")
-            .str.replace_all(r"(?s)```.*?(?:```|\z)", " ")
+            .str.replace_all(_CODE_BLOCK, " ")
             .str.replace_all(r"\s+", " ")
             .str.strip_chars()
             .str.slice(0, self.max_chars)
@@ -242,7 +768,7 @@ class LanguageRule:
         todo = todo.filter(pl.col("text").str.len_chars() >= max(self.min_chars, 1))
         self.checked = todo.height
         if todo.is_empty():
-            return pl.DataFrame(schema={"_row": pl.UInt32, "detail": pl.String})
+            return pl.DataFrame(schema=_REJECTED_SCHEMA)
         labels = confident_languages(todo.get_column("text").to_list(), self.min_probability)
         fired = todo.with_columns(pl.Series("label", labels, dtype=pl.String)).filter(
             pl.col("label").is_not_null() & (pl.col("label") != self.language)
@@ -251,21 +777,25 @@ class LanguageRule:
         # scored again one by one.
         probs = [language_probability(t)[1] for t in fired.get_column("text").to_list()]
         measured = fired.with_columns(pl.Series("p", probs, dtype=pl.Float64))
-        fires = pl.lit(True)
         detail = pl.format(
             "text identified as '{}' with probability {}; dataset language is '{}'",
             "label",
             pl.col("p").round(2),
             pl.lit(self.language),
         )
-        return ExprRule(self.name, fires, detail).evaluate(measured)
+        return ExprRule("wrong_language", pl.lit(True), detail).evaluate(measured)
 
 
 class QualityFilter:
     """Applies the quality rules in a fixed order; the first rule that fires rejects the record.
 
-    Order: empty_after_cleaning, empty_response, response_too_short, response_too_long, refusal,
-    truncated_response, repetitive, wrong_language (the only costly one, so it sees only survivors).
+    Cheap first, so that the costlier rules see fewer records: empty_after_cleaning,
+    empty_response, response_too_short, response_too_long (lengths); refusal, placeholder_text
+    (anchored or short regexes); truncated_response, repetitive (line splits); copies_instruction
+    (word n-grams against the prompt); the Gopher and C4 document rules (``DocumentRules.names``,
+    long prose only); unsafe_content (one large word-list regex); wrong_language last (fastText,
+    the only costly one, so it sees only survivors). Switched-off rules are left out, and their
+    counters with them.
     """
 
     def __init__(self, config: QualityConfig) -> None:
@@ -277,14 +807,27 @@ class QualityFilter:
         ]
         if config.refusals:
             rules.append(RefusalRule())
+        if config.placeholders:
+            rules.append(PlaceholderRule())
         if config.truncation:
             rules.append(TruncationRule())
         rules.append(RepetitionRule(config.max_repeated_line_fraction))
+        if config.copy_instruction.enabled:
+            rules.append(CopyInstructionRule(config.copy_instruction))
+        if config.documents.enabled:
+            rules.append(DocumentRules(config.documents))
+        if config.unsafe_words.enabled:
+            rules.append(UnsafeContentRule(config.unsafe_words))
         self.language = LanguageRule(config.language, config.language_min_chars) if config.language else None
         if self.language is not None:
             rules.append(self.language)
         self.rules = rules
         self.language_seconds = 0.0
+
+    @property
+    def names(self) -> list[str]:
+        """Ledger rule names in evaluation order."""
+        return [name for rule in self.rules for name in rule.names]
 
     def __call__(self, batch: CleanBatch) -> None:
         features = _live_features(batch, dialogue=self.language is not None)
@@ -294,7 +837,8 @@ class QualityFilter:
             fired = rule.evaluate(features)
             if rule is self.language:
                 self.language_seconds = time.perf_counter() - clock
-            batch.reject(fired, rule.name)
+            for name in rule.names:
+                batch.reject(fired.filter(pl.col("rule") == name).select("_row", "detail"), name)
             features = features.join(fired.select("_row"), on="_row", how="anti")
         batch.counters["quality.language_checked"] = self.language.checked if self.language else 0
 
@@ -302,7 +846,8 @@ class QualityFilter:
 def _live_features(batch: CleanBatch, dialogue: bool) -> pl.DataFrame:
     """What the rules measure, one row per record not yet rejected.
 
-    ``dialogue`` (user and assistant turns joined) is only built when language ID will read it.
+    ``prompt`` is the user turns joined by line breaks; ``dialogue`` (user and assistant turns
+    joined) is only built when language ID will read it.
     """
     content = pl.col("content")
     role = pl.col("role")
@@ -310,11 +855,12 @@ def _live_features(batch: CleanBatch, dialogue: bool) -> pl.DataFrame:
         pl.len().alias("n_messages"),
         (content.str.len_bytes() > 0).sum().alias("n_nonempty"),
         content.filter(role == "assistant").last().alias("response"),
+        content.filter(role == "user").str.join("\n").alias("prompt"),
     ]
     if dialogue:
         aggregations.append(content.filter(role.is_in(["user", "assistant"])).str.join(" ").alias("dialogue"))
     per_record = batch.messages.group_by("_row", maintain_order=True).agg(aggregations)
     alive = batch.records.filter(batch.live_rows()).select("_row", "task")
     return alive.join(per_record, on="_row", how="left", maintain_order="left").with_columns(
-        pl.col("n_messages").fill_null(0), pl.col("n_nonempty").fill_null(0)
+        pl.col("n_messages").fill_null(0), pl.col("n_nonempty").fill_null(0), pl.col("prompt").fill_null("")
     )

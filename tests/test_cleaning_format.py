@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import re
+import sys
 from collections import Counter
 
+import polars as pl
 import pytest
 
 from tests.conftest import CORPORA
 from tests.test_cleaning import clean, cleaned_text, contents, frame, record
 from thresher.cleaning.batch import CleanBatch, explode_messages
-from thresher.cleaning.html import html_to_text, main_content
-from thresher.cleaning.junk import Formatter
+from thresher.cleaning.html import (
+    PY_WHITESPACE,
+    html_to_text,
+    main_content,
+    simple_inline_html,
+    simple_inline_to_text,
+)
+from thresher.cleaning.junk import Formatter, fix_mojibake, mojibake_table
 from thresher.config import FormattingConfig
 
 
@@ -77,6 +86,165 @@ class TestHtmlStructure:
     def test_scripts_styles_and_comments_go_entities_are_decoded(self):
         markup = "<p>caf&eacute; &amp; 5&#8364;</p><script>x()</script><style>p{}</style><!-- c -->"
         assert cleaned_text(markup) == "café & 5€"
+
+
+def regex_path(snippets: list[str]) -> tuple[list[bool], list[str]]:
+    """Which snippets take the vectorized path, and what it makes of each."""
+    text = pl.Series(snippets, dtype=pl.String)
+    return simple_inline_html(text).to_list(), pl.select(
+        simple_inline_to_text(pl.lit(text))
+    ).to_series().to_list()
+
+
+_TAGS = (
+    "p",
+    "div",
+    "section",
+    "article",
+    "span",
+    "b",
+    "i",
+    "em",
+    "strong",
+    "u",
+    "font",
+    "small",
+    "sup",
+    "sub",
+)
+_ATTRS = (
+    "",
+    ' class="answer"',
+    " style='font-weight:bold'",
+    " id=x",
+    ' title="1 > 0"',
+    " hidden",
+    '\nclass = "a b"',
+)
+_TEXTS = (
+    *(
+        "A sentence.",
+        "word",
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "\r\n",
+        "\u2003",
+        "\u00a0",
+        "café",
+        "emoji 😀",
+        "a < b",
+        "<3",
+    ),
+    *(
+        "Third &amp; fourth",
+        "&nbsp;",
+        "&lt;b&gt;",
+        "&copy;",
+        "&#39;",
+        "&eacute;t&eacute;",
+        "&mdash;",
+        " & ",
+        "x&y",
+    ),
+)
+
+
+def _inline(rng: random.Random, depth: int) -> str:
+    out = []
+    for _ in range(rng.randint(1, 4)):
+        r = rng.random()
+        if r < 0.5:
+            out.append(rng.choice(_TEXTS))
+        elif r < 0.6:
+            out.append(rng.choice(("<br>", "<br/>", "<BR />", "</br>")))
+        elif depth < 2:
+            tag = rng.choice(_TAGS[4:])
+            out.append(f"<{tag}{rng.choice(_ATTRS)}>{_inline(rng, depth + 1)}</{tag}>")
+    return "".join(out)
+
+
+def _blocks(rng: random.Random, depth: int) -> str:
+    out = []
+    for _ in range(rng.randint(1, 3)):
+        if depth < 2 and rng.random() < 0.4:
+            tag = rng.choice(_TAGS[1:4]).upper() if rng.random() < 0.1 else rng.choice(_TAGS[1:4])
+            out.append(f"<{tag}{rng.choice(_ATTRS)}>{_blocks(rng, depth + 1)}</{tag}>")
+        else:
+            out.append(f"<p{rng.choice(_ATTRS)}>{_inline(rng, 0)}" + ("</p>" if rng.random() < 0.8 else ""))
+    return "".join(out)
+
+
+def _tag_soup(rng: random.Random) -> str:
+    """Allowed tags and text in any order: stray closings, misnesting, inline around blocks."""
+    parts = []
+    for _ in range(rng.randint(1, 12)):
+        if rng.random() < 0.55:
+            parts.append(rng.choice(_TEXTS))
+        else:
+            tag = rng.choice((*_TAGS, "br"))
+            parts.append(f"</{tag}>" if rng.random() < 0.45 else f"<{tag}{rng.choice(_ATTRS)}>")
+    return "".join(parts)
+
+
+class TestSimpleInlineHtml:
+    """The regex path for simple inline HTML gives html_to_text's output, and only takes its subset."""
+
+    SHAPE = (
+        '<div class="answer"><p>A sentence.<br>Another.</p><p>Third &amp; fourth&nbsp;words '
+        '<span style="font-weight:bold">bold</span>.</p></div>'
+    )
+
+    def test_the_common_shape(self):
+        assert regex_path([self.SHAPE]) == ([True], [html_to_text(self.SHAPE)])
+        assert html_to_text(self.SHAPE) == "A sentence.\nAnother.\n\nThird & fourth\u00a0words bold."
+        assert formatted(self.SHAPE) == "A sentence.\nAnother.\n\nThird & fourth words bold."
+
+    def test_identical_to_html_to_text_on_generated_snippets(self):
+        rng = random.Random(7)
+        wellformed = [_blocks(rng, 0) if rng.random() < 0.8 else _inline(rng, 0) for _ in range(3000)]
+        soup = [_tag_soup(rng) for _ in range(3000)]
+        simple, text = regex_path(wellformed + soup)
+        for markup, is_simple, out in zip(wellformed + soup, simple, text, strict=True):
+            if is_simple:
+                assert out == html_to_text(markup), markup
+        # Well-formed markup takes the regex path unless an "&" might start a reference.
+        assert all(s or "x&y" in m for m, s in zip(wellformed, simple, strict=False))
+        assert 0.2 < sum(simple[len(wellformed) :]) / len(soup) < 0.8
+
+    @pytest.mark.parametrize(
+        "markup",
+        [
+            "a</div>b",  # a stray closing tag ends no block
+            "<div><section>a</div>b</section>c",
+            "<b>x<p>y</p>z</b>w",  # "z" is a block of its own
+            "<p><b>x</p>y",
+            "<b><i>x</b>y</i>",
+            "<p>&copy2024 &notit;</p>",
+            "<p>a\x00b</p>",
+            "<ul><li>one</li></ul>",
+            '<p>Read <a href="x">this</a></p>',
+            "<pre>code</pre>",
+            "<p>x<!-- c --></p>",
+            "<html><body><p>page</p></body></html>",
+            "<p>Use <start_of_turn></p>",
+            "<p\u00a0class=x>no tag</p>",
+            "<ſpan>long s</ſpan><p>x</p>",
+        ],
+    )
+    def test_everything_else_is_parsed(self, markup):
+        assert regex_path([markup])[0] == [False]
+
+    def test_entities_decode_as_the_parser_does(self):
+        from thresher.cleaning.html import _ENTITIES
+
+        snippets = [f"<p>a{entity}b</p>" for entity in _ENTITIES]
+        assert regex_path(snippets) == ([True] * len(snippets), [html_to_text(s) for s in snippets])
+
+    def test_strip_whitespace_is_complete(self):
+        everything = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+        assert everything == PY_WHITESPACE
 
 
 class TestMainContent:
@@ -181,10 +349,47 @@ class TestMojibake:
             "“curly” quotes and ﬁ ligature and ＡＢＣ",
             "e\u0301 stays decomposed",
             "Привет, мир",
+            "Zürich, naïve, São Paulo, Łódź",
+            "SÃO PAULO e MAÇÃ",
+            "IRMÃ… sim",  # ftfy leaves it (an ellipsis after a Portuguese word): so does the table
+            "5 × 3 – 2 € ™",
         ],
     )
     def test_clean_non_ascii_text_is_untouched(self, text):
         assert cleaned_text(text) == text
+
+    MOJIBAKE = (
+        "donâ€™t â€” it costs 5â‚¬ â€¦ â€œreallyâ€\x9d",
+        "CafÃ© crÃ¨me, Ã¼ber, StraÃŸe, Ã±andÃº, FranÃ§ois",
+        "Ã‰cole, Ã–sterreich, ÃœBER, Ã\x81lvaro",
+        "Â© 2024 â€¢ 20Â°C Â½ Â«quotedÂ»",
+        "smile ðŸ˜€ and â€™",  # emoji: left for ftfy
+        "Ã¢â‚¬â„¢ double",  # double encoding
+        "Ð¿Ñ€Ð¸Ð²ÐµÑ‚ and cafÃ©",
+        "Å¼Ã³Å‚w, Å\x81Ã³dÅº",  # ftfy judges "Å‚" by its neighbours
+        "cafÃ© Ã\xa0la carte et Ã  la",  # "à " whose 0xA0 byte became a space
+        "CafÃ© in Zürich",
+    )
+
+    @pytest.mark.parametrize("text", MOJIBAKE)
+    def test_same_result_as_ftfy(self, text):
+        assert formatted(text) == fix_mojibake(text)
+
+    def test_the_table_alone_repairs_the_common_cases(self):
+        table = mojibake_table()
+        common = pl.Series(self.MOJIBAKE[:4]).str.replace_many(table, leftmost=True).to_list()
+        assert common == [fix_mojibake(t) for t in self.MOJIBAKE[:4]]
+        assert {table["â€™"], table["â€\x9d"], table["Ã©"], table["ÃŸ"], table["â‚¬"]} == {
+            "’",
+            "”",
+            "é",
+            "ß",
+            "€",
+        }
+
+    def test_every_table_entry_is_what_ftfy_decodes_in_a_sentence(self):
+        for seq, char in mojibake_table().items():
+            assert fix_mojibake(f"The word{seq} and more.") == f"The word{char} and more."
 
     def test_code_is_left_alone_and_counter(self):
         code = "```python\nassert fix('CafÃ©') == 'Café'\n```"

@@ -7,13 +7,25 @@ thresholds, determinism, and the reviewer's view of every rule's drops.
 
 from __future__ import annotations
 
+import random
+
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from tests.test_cleaning import clean, frame, record
 from thresher.cleaning import Cleaner
-from thresher.cleaning.rules import RULE_DESCRIPTIONS, QualityFilter, load_wordlist
+from thresher.cleaning.batch import CleanBatch, explode_messages
+from thresher.cleaning.rules import (
+    RULE_DESCRIPTIONS,
+    CopyInstructionRule,
+    DocumentRules,
+    PlaceholderRule,
+    QualityFilter,
+    _live_features,
+    _normalized,
+    load_wordlist,
+)
 from thresher.config import CleanConfig, QualityConfig
 
 NO_LANGUAGE = CleanConfig(quality=QualityConfig(language=None))
@@ -449,3 +461,169 @@ def test_every_rules_drops_are_shown_with_examples_details_and_redacted_previews
     assert first["response_preview"] == "TODO"
     assert first["detail"].startswith("assistant response contains placeholder text")
     assert examples.filter(pl.col("prompt_preview").str.contains("ann@example.org")).is_empty()
+
+
+# --- the screens decide exactly as the full measurement ----------------------------------------------------
+
+# Tokens and separators that sit on the edges the screens reason about: Unicode words (İ lowercases
+# to two characters), digits and symbol-only tokens, bullets, ellipses, '#', braces, stop words,
+# sentence ends, "javascript", and whitespace other than a single space.
+_TOKEN_TEXT = (
+    "the and of to a be that have with river bridge old town is I x K İstanbul café naïve 東京 über "
+    "supercalifragilistic 1789 3.14 - — & | ... … #tag ## {name} { } lorem ipsum JavaScript must enabled "
+    "TODO * • e.g. it's don't ( ) end. Yes! why? ok: `code` damn shit"
+)
+_TOKENS = _TOKEN_TEXT.split()
+_SEPARATORS = [" "] * 24 + ["  ", "\n", "\n\n", "\t", "\u00a0", " \n", "\r\n", "\u2028", ", ", ". ", "? "]
+_PROMPTS = [
+    "What are the three main causes of the French Revolution in 1789?",
+    "Describe the water cycle. The water cycle moves water between the oceans, the air and the land.",
+    "İstanbul café naïve über 東京: a question about things?",
+    "Tell me something.",
+    "x",
+]
+
+
+def _tokens(rng: random.Random, n: int, tokens=_TOKENS) -> str:
+    return "".join(rng.choice(tokens) + rng.choice(_SEPARATORS) for _ in range(n))
+
+
+def _response(rng: random.Random, prompt: str) -> str:
+    kind = rng.randrange(9)
+    if kind == 0:  # lines, some bullets, some ending with an ellipsis, around the line shares
+        share = rng.choice([0.0, 0.5, 0.9, 1.0])
+        lines = [
+            (rng.choice(["- ", "* ", "• ", "  - "]) if rng.random() < share else "")
+            + _tokens(rng, rng.randint(3, 12)).replace("\n", " ")
+            + ("..." if rng.random() < share / 2 else "")
+            for _ in range(rng.randint(1, 24))
+        ]
+        return "\n".join(lines)
+    if kind == 1:  # the prompt echoed, contained, or partly reused
+        words = prompt.split()
+        start = rng.randrange(len(words))
+        return rng.choice(
+            [
+                prompt.upper(),
+                f"You asked: {prompt} {_tokens(rng, rng.randint(0, 10))}",
+                " ".join(words[start : start + rng.randint(3, 12)]),
+                " ".join(
+                    w if rng.random() < 0.85 else rng.choice(_TOKENS) for w in words * rng.randint(1, 2)
+                ),
+            ]
+        )
+    if kind == 2:  # plain prose at the word-count and mean-word-length edges
+        vocabulary = rng.choice(
+            [["a", "b", "to", "I"], ["the", "river", "and"], ["supercalifragilistic", "of"]]
+        )
+        return " ".join(rng.choice(vocabulary) for _ in range(rng.choice([99, 100, 101, 150]))) + rng.choice(
+            ["", ".", ". Done. End. Fin."]
+        )
+    if kind == 3:  # numbers and symbols at the alpha-word edge
+        return _tokens(rng, rng.randint(90, 180), ["1", "2.5", "-", "|", "word", "the", "and"])
+    if kind == 4:  # few stop words and sentence ends
+        words = [rng.choice(["Apples", "pears", "plums", "grapes"]) for _ in range(rng.randint(100, 140))]
+        for _ in range(rng.randint(0, 6)):
+            words[rng.randrange(len(words))] += rng.choice(
+                [" the", " The", " theme", ".", "!", '?"', ".)", "…"]
+            )
+        return " ".join(words)
+    if kind == 5:  # fenced code inside prose
+        return f"{_tokens(rng, 40)}\n```python\n{_tokens(rng, 60)}\n```\n{_tokens(rng, rng.randint(0, 90))}"
+    if kind == 6:
+        return rng.choice(["TODO", "TBD.", "Answer: ...", "Hello {name}!", "[Your Name]", "", " ", "a"])
+    return _tokens(rng, rng.randint(1, 220))
+
+
+def generated_mix(n: int, seed: int) -> pl.DataFrame:
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        prompt = rng.choice(_PROMPTS) if rng.random() < 0.7 else _tokens(rng, rng.randint(1, 60))
+        task = rng.choice(["chat"] * 6 + ["code", "math"])
+        records.append(record(_response(rng, prompt), user=prompt, task=task))
+    return frame(*records)
+
+
+def _without_screens(monkeypatch) -> None:
+    """The rules as if their screens let every record through to the full measurement."""
+    monkeypatch.setattr(PlaceholderRule, "_candidates", staticmethod(lambda features: features))
+    monkeypatch.setattr(CopyInstructionRule, "_candidates", lambda self, features: features.lazy())
+    monkeypatch.setattr(DocumentRules, "_suspects", lambda self, long: long)
+
+
+# unsafe_content is left out: it has no screen, and its word-boundary regex is slow on non-ASCII text.
+_NO_UNSAFE = {"language": None, "unsafe_words": {"enabled": False}}
+
+
+@pytest.mark.parametrize(
+    "quality",
+    [
+        QualityConfig(**_NO_UNSAFE),
+        QualityConfig(
+            **_NO_UNSAFE,
+            documents={
+                "min_words": 20,
+                "max_words": 150,
+                "max_bullet_line_fraction": 0.5,
+                "min_sentences": 5,
+            },
+            copy_instruction={"ngram": 1, "min_echo_fraction": 0.3, "max_shared_ngram_fraction": 0.5},
+        ),
+        QualityConfig(
+            **_NO_UNSAFE,
+            documents={
+                "min_words": 5,
+                "max_bullet_line_fraction": 0.0,
+                "min_stop_words": 4,
+                "min_sentences": 0,
+            },
+            copy_instruction={"ngram": 5, "max_shared_ngram_fraction": 0.0, "skip_tasks": []},
+        ),
+        QualityConfig(
+            **_NO_UNSAFE, documents={"max_bullet_line_fraction": 1.0, "stop_words": ["the", "don't"]}
+        ),
+    ],
+)
+def test_screens_change_no_decision_on_a_generated_mix(monkeypatch, quality):
+    records = generated_mix(1500, seed=7)
+
+    def decisions() -> tuple[list[pl.DataFrame], pl.DataFrame]:
+        quality_filter = QualityFilter(quality)
+        batch = CleanBatch(records=records.with_row_index("_row"), messages=explode_messages(records))
+        features = _live_features(batch, dialogue=False)
+        # Each rule alone on every record (not only the survivors of the rules before it) ...
+        per_rule = [rule.evaluate(features).sort("_row") for rule in quality_filter.rules]
+        # ... and the whole filter, first rule wins.
+        quality_filter(batch)
+        return per_rule, pl.concat(batch.rejected).sort("_row")
+
+    fast_rules, fast = decisions()
+    _without_screens(monkeypatch)
+    full_rules, full = decisions()
+    for got, expected in zip(fast_rules, full_rules, strict=True):
+        assert_frame_equal(got, expected)
+    assert_frame_equal(fast, full)
+    assert fast.height > 200 and fast.get_column("rule").n_unique() >= 10
+
+
+def test_word_and_ngram_counts_match_a_plain_python_count():
+    records = generated_mix(600, seed=3)
+    batch = CleanBatch(records=records.with_row_index("_row"), messages=explode_messages(records))
+    features = _live_features(batch, dialogue=False)
+    counted = features.select(
+        pl.col("response").str.count_matches(r"(?:^|\s)\S").alias("fast"),
+        pl.col("response").str.count_matches(r"\S+").alias("plain"),
+    )
+    assert counted.get_column("fast").to_list() == counted.get_column("plain").to_list()
+
+    texts = features.select(
+        "_row", _normalized(pl.col("response")).alias("r"), _normalized(pl.col("prompt")).alias("p")
+    ).filter((pl.col("r").str.count_matches(" ") >= 2) & (pl.col("p").str.count_matches(" ") >= 2))
+    shared = CopyInstructionRule(QualityConfig().copy_instruction)._shared_ngrams(texts).sort("_row")
+    expected = []
+    for row, r, p in texts.sort("_row").iter_rows():
+        grams = [tuple(r.split(" ")[i : i + 3]) for i in range(len(r.split(" ")) - 2)]
+        prompt_grams = {tuple(p.split(" ")[i : i + 3]) for i in range(len(p.split(" ")) - 2)}
+        expected.append((row, len(grams), sum(g in prompt_grams for g in grams) / len(grams)))
+    assert shared.rows() == expected

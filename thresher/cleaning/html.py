@@ -603,10 +603,11 @@ _INLINE_TAG = _tags(_INLINE_TAGS)
 _BR_TAG = _tags(("br",))
 # A "<" of a simple segment starts one of those tags or is text ("a < b", "<3", at the end).
 _SIMPLE_LT = f"{_tags((*_BLOCK_TAGS, *_INLINE_TAGS, 'br'))}|<[^a-zA-Z!/?<]|<$"
-# Entities the regex path decodes: HTML 4's named ones (none is ASCII whitespace, which the parser
-# would decode before spaces are collapsed) and the usual numeric quotes and spaces.
+# Entities the regex path decodes: HTML 4's names (with HTML5's values: &lang; is now U+27E8; none
+# is ASCII whitespace, which the parser would decode before spaces are collapsed) and the usual
+# numeric quotes and spaces.
 _ENTITIES = {
-    **{f"&{name};": chr(code) for name, code in name2codepoint.items()},
+    **{f"&{name};": html.unescape(f"&{name};") for name in name2codepoint},
     **{
         f"&{ref};": html.unescape(f"&{ref};")
         for ref in ("#39", "#x27", "#34", "#x22", "#38", "#60", "#62", "#160")

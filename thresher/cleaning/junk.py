@@ -290,7 +290,7 @@ _TABLE_CHARS = (*range(0xA0, 0x180), *range(0x2010, 0x203B), 0x192, 0x2C6, 0x2DC
 # Where a table entry must decode as ftfy decodes it: ftfy leaves some sequences alone in some
 # contexts (``IRMÃ…`` may be Portuguese followed by an ellipsis), and those stay ftfy's to judge.
 _TABLE_PROBES = ("{}", "a{}b", "A{}B", "x {} y", "WORD{} WORD", "1{}2")
-# What ftfy repairs beyond the table, in segments the table has been through: mojibake the table
+# What ftfy repairs beyond the table, found in a segment after the table pass: mojibake the table
 # does not know (double encodings, other scripts, emoji), C1 controls, U+FFFD from lossy decoding,
 # and UTF-8 whose 0xA0 byte became a space (``Ã `` for "à ", ftfy's ``restore_byte_a0``).
 _AFTER_TABLE = (
@@ -329,9 +329,9 @@ class MojibakeRepairer:
 
     Only segments the ``MOJIBAKE`` regex flags are touched; clean non-ASCII text never matches it.
     The common sequences (accents, quotes, dashes, €) are replaced over the whole column with one
-    Aho-Corasick pass (``mojibake_table``), with the result ftfy would give; ftfy (per segment, and
-    about 100 µs each) only sees segments where something it might repair is left
-    (``_AFTER_TABLE``). Code is left as it is: mojibake there may be a test fixture.
+    Aho-Corasick pass (``mojibake_table``), with the result ftfy would give; ftfy (per segment,
+    about 100 µs each) repairs instead the segments where the table leaves something it might
+    repair (``_AFTER_TABLE``). Code is left as it is: mojibake there may be a test fixture.
     """
 
     counter = "format.mojibake"
@@ -345,11 +345,14 @@ class MojibakeRepairer:
         idx = idx.filter(segments[idx].select(pl.col("text").str.contains(MOJIBAKE)).to_series())
         if idx.is_empty():
             return segments, pl.repeat(False, segments.height, dtype=pl.Boolean, eager=True)
-        sub = segments[idx].select(pl.col("text").str.replace_many(mojibake_table(), leftmost=True))
-        fixed = pl.col("text").map_elements(fix_mojibake, return_dtype=pl.String)
-        sub = replace_where(sub, "text", pl.col("text").str.contains(_AFTER_TABLE), fixed)
+        sub = segments[idx].select(
+            "text", pl.col("text").str.replace_many(mojibake_table(), leftmost=True).alias("table")
+        )
+        # ftfy judges a sequence by its neighbours, so where it is needed it gets the original text.
+        fixed = pl.col("text").map_elements(fix_mojibake, return_dtype=pl.String).alias("table")
+        sub = replace_where(sub, "table", pl.col("table").str.contains(_AFTER_TABLE), fixed)
         before = segments.get_column("text")
-        after = before.clone().scatter(idx, sub.get_column("text"))
+        after = before.clone().scatter(idx, sub.get_column("table"))
         return segments.with_columns(after), after != before
 
 

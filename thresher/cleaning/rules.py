@@ -59,6 +59,12 @@ _INLINE_CODE = r"`[^`\n]+`"
 _CODE_LIKE_LINE = r"(?m)^[ \t]*[{}\[\]\"'].*$|^.*[{,;][ \t]*$"
 
 
+def _streamed(frame: pl.LazyFrame) -> pl.DataFrame:
+    """Collect on the streaming engine: it splits the rows over the cores, so that even a single
+    regex over a column runs in parallel (the in-memory engine runs one expression on one core)."""
+    return frame.collect(engine="streaming")
+
+
 class QualityRule(Protocol):
     """Named rule(s): the rows of ``features`` rejected, as ``_row``, ``rule`` (one of ``names``), ``detail``."""
 
@@ -251,7 +257,7 @@ class PlaceholderRule:
 
     def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
         code = _skipped(["code"])
-        texts = features.select(
+        texts = self._candidates(features).select(
             "_row",
             "response",
             pl.when(code).then(pl.lit("")).otherwise(_prose(pl.col("response"))).alias("prose"),
@@ -267,6 +273,17 @@ class PlaceholderRule:
         )
         detail = pl.format("assistant response contains placeholder text: {}", described)
         return ExprRule("placeholder_text", family.is_not_null(), detail).evaluate(texts)
+
+    @staticmethod
+    def _candidates(features: pl.DataFrame) -> pl.DataFrame:
+        """The rows a family can match: the stub regexes are anchored (they read the start), the
+        others need "lorem", a bracket or a brace, which literal scans find fast. Only these rows
+        are cut into prose and matched."""
+        r = pl.col("response")
+        maybe = r.str.contains(PLACEHOLDER_PATTERNS["stub_answer"][0]) | (
+            ~_skipped(["code"]) & (r.str.contains(r"[\[<{]") | r.str.contains(r"(?i)lorem"))
+        )
+        return _streamed(features.lazy().filter(maybe.fill_null(False)))
 
 
 # Characters a finished response may end with: sentence punctuation, closers, quotes, markdown
@@ -371,6 +388,14 @@ class RepetitionRule:
         return ExprRule("repetitive", fires, detail).evaluate(measured)
 
 
+_ALNUM_RUN = r"[\p{L}\p{N}]+"  # a word of the normalized text
+# An ASCII letter or digit followed by an ASCII character that is neither ("d," "s "): lowercasing
+# keeps both what they are, so each is the end of a distinct word of the normalized text. Their count
+# bounds its words from below, whatever the script (other scripts just make the bound weaker).
+_ASCII_WORD_END = r"[0-9A-Za-z][\x00-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]"
+_WORD_LADDER = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
 def _normalized(text: pl.Expr) -> pl.Expr:
     """Lowercase words separated by single spaces: case, punctuation and spacing do not count."""
     return text.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars()
@@ -395,8 +420,8 @@ class CopyInstructionRule:
 
     def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
         c = self.config
-        measured = (
-            features.filter(~_skipped(c.skip_tasks))
+        measured = _streamed(
+            self._candidates(features.filter(~_skipped(c.skip_tasks)))
             .select(
                 "_row", _normalized(pl.col("response")).alias("r"), _normalized(pl.col("prompt")).alias("p")
             )
@@ -457,20 +482,61 @@ class CopyInstructionRule:
         )
         return ExprRule("copies_instruction", fires, detail).evaluate(measured)
 
+    def _candidates(self, features: pl.DataFrame) -> pl.LazyFrame:
+        """The rows a test can fire on: every test needs a response of at most
+        max(2, 1 / min_echo_fraction) times the prompt's words (equal or contained: at most as many).
+
+        The prompt's words are counted exactly (a cheap regex count: prompts are short); the
+        response's are bounded from below without a count, by one regex that stops at the
+        ``limit``-th word end (rounded up to a step of ``_WORD_LADDER``). Only responses proven
+        longer than the limit are left out; the others are measured as before.
+        """
+        c = self.config
+        counted = _streamed(
+            features.lazy().select(
+                "_row",
+                "response",
+                "prompt",
+                pl.col("prompt").str.to_lowercase().str.count_matches(_ALNUM_RUN).alias("pw"),
+            )
+        )
+        # Two words of slack for the float rounding of the echo share.
+        limit = (pl.col("pw") * max(2.0, 1.0 / c.min_echo_fraction)).floor().cast(pl.Int64) + 2
+        step = pl.lit(None, dtype=pl.Int64)
+        for t in reversed(_WORD_LADDER):
+            step = pl.when(limit <= t).then(pl.lit(t, dtype=pl.Int64)).otherwise(step)
+        pattern = pl.concat_str(pl.lit(f"^(?s:.*?{_ASCII_WORD_END}){{"), step.cast(pl.String), pl.lit("}"))
+        longer = pl.col("response").str.contains(pattern).fill_null(False)
+        return counted.lazy().filter((pl.col("pw") > 0) & ~longer).drop("pw")
+
     def _shared_ngrams(self, texts: pl.DataFrame) -> pl.DataFrame:
         """``_row``, ``ngrams`` (the response's word n-grams) and ``shared`` (the share found in the prompt)."""
         n = self.config.ngram
 
-        def grams(column: str) -> pl.DataFrame:
-            # Texts are contiguous after the explode: a plain shift, masked where it crosses texts.
-            words = texts.select("_row", pl.col(column).str.split(" ").alias("w")).explode("w")
-            same_text = pl.col("_row").shift(-(n - 1)) == pl.col("_row")
-            gram = pl.concat_str([pl.col("w").shift(-k) for k in range(n)], separator=" ")
-            return words.select("_row", pl.when(same_text).then(gram).alias("g")).drop_nulls("g")
+        def words(column: str) -> pl.DataFrame:
+            return texts.select("_row", pl.col(column).str.split(" ").alias("w")).explode("w")
 
-        response = grams("r")
-        prompt = grams("p").unique()
-        found = response.join(prompt, on=["_row", "g"], how="semi")
+        response_words, prompt_words = words("r"), words("p")
+        # Words become integer ids (one categorical cast over both texts, so equal words get equal
+        # ids): an n-gram is n id columns, compared without building n-gram strings.
+        ids = pl.concat([response_words.get_column("w"), prompt_words.get_column("w")])
+        ids = ids.cast(pl.Categorical).to_physical()
+        keys = ["_row", *(f"w{k}" for k in range(n))]
+
+        def grams(frame: pl.DataFrame, word_ids: pl.Series) -> pl.DataFrame:
+            # Texts are contiguous after the explode: a plain shift, masked where it crosses texts.
+            same_text = pl.col("_row").shift(-(n - 1)) == pl.col("_row")
+            shifted = [pl.col("w").shift(-k).alias(f"w{k}") for k in range(n)]
+            return (
+                frame.with_columns(word_ids.alias("w"))
+                .select(*shifted, "_row", same_text.alias("same"))
+                .filter(pl.col("same"))
+                .select(keys)
+            )
+
+        response = grams(response_words, ids.head(response_words.height))
+        prompt = grams(prompt_words, ids.tail(prompt_words.height))
+        found = response.join(prompt, on=keys, how="semi")
         return (
             response.group_by("_row")
             .len("ngrams")
@@ -491,6 +557,9 @@ _CONTENT_WORD = r"\S*[\p{L}\p{N}]\S*"
 _ELLIPSIS = r"\.\.\.|…"
 _SENTENCE_END = r"[.!?…。！？][\"'”’)\]*]*(?:\s|$)"
 _HEADING_MARKER = r"(?m)^[ \t]*#{1,6}[ \t]"
+_WORD_START = r"(?:^|\s)\S"  # one match per whitespace-separated word (as many as \S+, cheaper)
+_LETTERLESS_START = r"(?:^|\s)[^\s\p{L}]"  # words starting with a non-letter: all those without one
+_FIRST_LINE_BULLET = r"^\s*(?:[•●◦▪‣⁃]|[-*](?:\s|$))"  # the first non-blank line starts with a bullet
 
 
 class DocumentRules:
@@ -521,19 +590,83 @@ class DocumentRules:
         self.config = config
         stop = "|".join(re.escape(w) for w in config.stop_words)
         self._stop_regex = rf"(?i)\b(?:{stop})\b" if stop else None
+        # Stop words of ASCII word characters match whole words only, so their matches never overlap.
+        self._simple_stop_words = all(re.fullmatch(r"[A-Za-z0-9_]+", w) for w in config.stop_words)
 
     def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
         c = self.config
         # n words need at least 2n - 1 characters: a length test spares most of the word counts.
-        prose = features.filter(
-            ~_skipped(c.skip_tasks) & (pl.col("response").str.len_bytes() >= 2 * c.min_words - 1)
-        ).select("_row", "response", _prose(pl.col("response")).alias("prose"))
-        long = prose.filter(pl.col("prose").str.count_matches(r"\S+") >= c.min_words)
-        measured = long.select("_row", "prose", *self._measures())
+        long = _streamed(
+            features.lazy()
+            .filter(~_skipped(c.skip_tasks) & (pl.col("response").str.len_bytes() >= 2 * c.min_words - 1))
+            .select("_row", "response", _prose(pl.col("response")).alias("prose"))
+            .with_columns(pl.col("prose").str.count_matches(_WORD_START).alias("words"))
+            .filter(pl.col("words") >= c.min_words)
+        )
+        return self._judge(self._suspects(long))
+
+    def _suspects(self, long: pl.DataFrame) -> pl.DataFrame:
+        """The long responses a criterion may fire on; the others provably break none.
+
+        Most criteria have a necessary condition that a fast scan decides: a '#', an ellipsis, a
+        brace, "javascript" in the text; fewer than ``min_stop_words`` stop words or
+        ``min_sentences`` sentence ends (one regex that stops at the k-th); a bullet on the first
+        line or enough lines. The mean word length is computed exactly (word and whitespace counts;
+        the symbol-only tokens only where a token starts with a non-letter, which also bounds the
+        words without a letter).
+        """
+        c = self.config
+        text = pl.col("prose")
+        screens = [
+            text.str.count_matches(r"\s").alias("spaces"),
+            text.str.count_matches(_LETTERLESS_START).alias("letterless"),
+            (
+                text.str.contains("#", literal=True)
+                | text.str.contains(_ELLIPSIS)
+                | text.str.contains(r"[{}]")
+                | text.str.contains(r"(?i)javascript")
+                | self._bullet_screen(text)
+                | self._at_most(text, _SENTENCE_END, c.min_sentences)
+                | self._at_most(text, self._stop_regex, c.min_stop_words, simple=self._simple_stop_words)
+            ).alias("screened"),
+        ]
+        measured = _streamed(long.lazy().with_columns(screens))
+        measured = replace_where(
+            measured.with_columns(pl.col("words").alias("content_words")),
+            "content_words",
+            pl.col("letterless") > 0,
+            text.str.count_matches(_CONTENT_WORD),
+        )
+        measured = self._mean_length(
+            measured.with_columns((text.str.len_chars() - pl.col("spaces")).alias("non_space"))
+        )
+        mean = pl.col("mean_length")
+        words = pl.col("words")
+        may_fire = (
+            pl.col("screened")
+            | (words > c.max_words)
+            | ~((mean >= c.min_mean_word_length) & (mean <= c.max_mean_word_length))
+            | ((words - pl.col("letterless")) / words < c.min_alpha_word_fraction)
+        )
+        return measured.filter((may_fire | mean.is_nan()).fill_null(True))
+
+    def _judge(self, long: pl.DataFrame) -> pl.DataFrame:
+        """Every measure of ``_measures`` and the first criterion each record breaks."""
+        measured = self._mean_length(long.select("_row", "prose", *self._measures()))
+        fires, details = self._criteria()
+        rule = pl.coalesce(pl.when(f).then(pl.lit(name)) for name, f in zip(self.names, fires, strict=True))
+        detail = pl.coalesce(
+            pl.when(rule == name).then(d) for name, d in zip(self.names, details, strict=True)
+        )
+        return measured.filter(rule.is_not_null()).select("_row", rule.alias("rule"), detail.alias("detail"))
+
+    @staticmethod
+    def _mean_length(measured: pl.DataFrame) -> pl.DataFrame:
+        """``mean_length`` from ``non_space``, ``words`` and ``content_words`` (and ``prose``)."""
         # Gopher leaves tokens without a letter or digit ("-", "...") out of the mean word length;
         # their characters are counted only in the texts that have such tokens.
         symbol_chars = pl.col("prose").str.replace_all(_CONTENT_WORD, "").str.replace_all(r"\s+", "")
-        measured = replace_where(
+        return replace_where(
             measured.with_columns(pl.lit("").alias("symbols")),
             "symbols",
             pl.col("words") != pl.col("content_words"),
@@ -543,12 +676,27 @@ class DocumentRules:
                 "mean_length"
             )
         )
-        fires, details = self._criteria()
-        rule = pl.coalesce(pl.when(f).then(pl.lit(name)) for name, f in zip(self.names, fires, strict=True))
-        detail = pl.coalesce(
-            pl.when(rule == name).then(d) for name, d in zip(self.names, details, strict=True)
-        )
-        return measured.filter(rule.is_not_null()).select("_row", rule.alias("rule"), detail.alias("detail"))
+
+    def _bullet_screen(self, text: pl.Expr) -> pl.Expr:
+        """Necessary for gopher_bullet_lines: with at most ``n`` lines, more than the maximum share
+        means every line, so the first is a bullet; with more lines, there are ``n`` line breaks."""
+        fraction = self.config.max_bullet_line_fraction
+        if fraction >= 1.0:
+            return pl.lit(False)
+        n = 1
+        while n / (n + 1) <= fraction and n < 10_000:
+            n += 1
+        return text.str.count_matches("\n", literal=True).ge(n) | text.str.contains(_FIRST_LINE_BULLET)
+
+    @staticmethod
+    def _at_most(text: pl.Expr, regex: str | None, k: int, simple: bool = True) -> pl.Expr:
+        """True unless ``text`` has ``k`` matches of ``regex`` (whose matches never overlap), by one
+        regex that stops at the k-th: necessary for "fewer than k"."""
+        if regex is None or k <= 0:
+            return pl.lit(False)
+        if not simple or k > 50:
+            return pl.lit(True)
+        return ~text.str.contains(f"(?s:(?:{regex}).*?){{{k - 1}}}(?:{regex})")
 
     def _measures(self) -> list[pl.Expr]:
         """Counts by regex over the whole text (no per-word lists: several times faster)."""
@@ -722,7 +870,9 @@ class UnsafeContentRule:
         self._any = "|".join(f"(?:{regex})" for regex in self.categories.values())
 
     def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
-        counted = features.select("_row", pl.col("response").str.count_matches(self._any).alias("hits"))
+        counted = _streamed(
+            features.lazy().select("_row", pl.col("response").str.count_matches(self._any).alias("hits"))
+        )
         over = counted.filter(pl.col("hits") > self.config.max_hits).join(
             features.select("_row", "response"), on="_row", how="left"
         )
@@ -766,7 +916,7 @@ class LanguageRule:
         )
         todo = features.filter(pl.col("task").fill_null("") != "code").select("_row", text.alias("text"))
         todo = todo.filter(pl.col("text").str.len_chars() >= max(self.min_chars, 1))
-        self.checked = todo.height
+        self.checked += todo.height
         if todo.is_empty():
             return pl.DataFrame(schema=_REJECTED_SCHEMA)
         labels = confident_languages(todo.get_column("text").to_list(), self.min_probability)
@@ -832,14 +982,27 @@ class QualityFilter:
     def __call__(self, batch: CleanBatch) -> None:
         features = _live_features(batch, dialogue=self.language is not None)
         self.language_seconds = 0.0
+        if self.language is not None:
+            self.language.checked = 0
         for rule in self.rules:
             clock = time.perf_counter()
             fired = rule.evaluate(features)
+            names = rule.names
             if rule is self.language:
-                self.language_seconds = time.perf_counter() - clock
-            for name in rule.names:
+                self.language_seconds += time.perf_counter() - clock
+            elif isinstance(rule, DocumentRules) and self.language is not None and not fired.is_empty():
+                # The document rules measure text in the dataset's language (its stop words, its word
+                # lengths): a text they reject that is in another language is rejected for that, the
+                # more precise reason. Language ID runs on these few records only.
+                clock = time.perf_counter()
+                foreign = self.language.evaluate(features.join(fired.select("_row"), on="_row", how="semi"))
+                self.language_seconds += time.perf_counter() - clock
+                fired = pl.concat([fired.join(foreign.select("_row"), on="_row", how="anti"), foreign])
+                names = (*names, *self.language.names)
+            for name in names:
                 batch.reject(fired.filter(pl.col("rule") == name).select("_row", "detail"), name)
-            features = features.join(fired.select("_row"), on="_row", how="anti")
+            if not fired.is_empty():
+                features = features.join(fired.select("_row"), on="_row", how="anti")
         batch.counters["quality.language_checked"] = self.language.checked if self.language else 0
 
 

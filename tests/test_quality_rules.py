@@ -491,14 +491,17 @@ def _tokens(rng: random.Random, n: int, tokens=_TOKENS) -> str:
 def _response(rng: random.Random, prompt: str) -> str:
     kind = rng.randrange(9)
     if kind == 0:  # lines, some bullets, some ending with an ellipsis, around the line shares
-        share = rng.choice([0.0, 0.5, 0.9, 1.0])
+        share, ellipses = rng.choice([0.0, 0.5, 0.9, 0.95, 1.0]), rng.choice([0.0, 0.0, 0.4])
+        vocabulary = rng.choice(
+            [_TOKENS, ["the", "river", "and", "bridge", "of", "town", "is", "with", "end."]]
+        )
         lines = [
             (rng.choice(["- ", "* ", "• ", "  - "]) if rng.random() < share else "")
-            + _tokens(rng, rng.randint(3, 12)).replace("\n", " ")
-            + ("..." if rng.random() < share / 2 else "")
+            + _tokens(rng, rng.randint(3, 14), vocabulary).replace("\n", " ")
+            + ("..." if rng.random() < ellipses else "")
             for _ in range(rng.randint(1, 24))
         ]
-        return "\n".join(lines)
+        return "\n".join(lines) + rng.choice(["", ".", "\n\nThe end. Of the river. And the town."])
     if kind == 1:  # the prompt echoed, contained, or partly reused
         words = prompt.split()
         start = rng.randrange(len(words))

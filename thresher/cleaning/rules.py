@@ -65,6 +65,15 @@ def _streamed(frame: pl.LazyFrame) -> pl.DataFrame:
     return frame.collect(engine="streaming")
 
 
+def _with_measures(frame: pl.DataFrame, *measures: pl.Expr) -> pl.DataFrame:
+    """``frame.with_columns(*measures)``, measured on the streaming engine; only the new columns are
+    collected (passing the text columns through it would copy them)."""
+    new = _streamed(frame.lazy().select("_row", *measures))
+    if not new.get_column("_row").equals(frame.get_column("_row")):  # never seen: order not kept
+        new = frame.select("_row", *measures)
+    return frame.with_columns(new.drop("_row").get_columns())
+
+
 class QualityRule(Protocol):
     """Named rule(s): the rows of ``features`` rejected, as ``_row``, ``rule`` (one of ``names``), ``detail``."""
 
@@ -276,12 +285,19 @@ class PlaceholderRule:
 
     @staticmethod
     def _candidates(features: pl.DataFrame) -> pl.DataFrame:
-        """The rows a family can match: the stub regexes are anchored (they read the start), the
-        others need "lorem", a bracket or a brace, which literal scans find fast. Only these rows
-        are cut into prose and matched."""
+        """The rows a family can match: the stub regexes are anchored (they read the start); the
+        others need the start of their match in the response itself ("lorem", "[insert", "here]",
+        "{{" or "{name"; cutting code out only puts line breaks or spaces between characters), which
+        scans with a literal prefilter find fast. Only these rows are cut into prose and matched."""
         r = pl.col("response")
         maybe = r.str.contains(PLACEHOLDER_PATTERNS["stub_answer"][0]) | (
-            ~_skipped(["code"]) & (r.str.contains(r"[\[<{]") | r.str.contains(r"(?i)lorem"))
+            ~_skipped(["code"])
+            & (
+                r.str.contains(r"(?i)lorem")
+                | r.str.contains(r"(?i)[\[<](?:insert|enter|add|put|type|fill in|your)")
+                | r.str.contains(r"(?i)here[\]>]")
+                | r.str.contains(r"\{\{|\{[A-Za-z_]")
+            )
         )
         return _streamed(features.lazy().filter(maybe.fill_null(False)))
 
@@ -492,13 +508,9 @@ class CopyInstructionRule:
         longer than the limit are left out; the others are measured as before.
         """
         c = self.config
-        counted = _streamed(
-            features.lazy().select(
-                "_row",
-                "response",
-                "prompt",
-                pl.col("prompt").str.to_lowercase().str.count_matches(_ALNUM_RUN).alias("pw"),
-            )
+        counted = _with_measures(
+            features.select("_row", "response", "prompt"),
+            pl.col("prompt").str.to_lowercase().str.count_matches(_ALNUM_RUN).alias("pw"),
         )
         # Two words of slack for the float rounding of the echo share.
         limit = (pl.col("pw") * max(2.0, 1.0 / c.min_echo_fraction)).floor().cast(pl.Int64) + 2
@@ -507,7 +519,8 @@ class CopyInstructionRule:
             step = pl.when(limit <= t).then(pl.lit(t, dtype=pl.Int64)).otherwise(step)
         pattern = pl.concat_str(pl.lit(f"^(?s:.*?{_ASCII_WORD_END}){{"), step.cast(pl.String), pl.lit("}"))
         longer = pl.col("response").str.contains(pattern).fill_null(False)
-        return counted.lazy().filter((pl.col("pw") > 0) & ~longer).drop("pw")
+        counted = _with_measures(counted, ((pl.col("pw") > 0) & ~longer).alias("keep"))
+        return counted.lazy().filter("keep").drop("pw", "keep")
 
     def _shared_ngrams(self, texts: pl.DataFrame) -> pl.DataFrame:
         """``_row``, ``ngrams`` (the response's word n-grams) and ``shared`` (the share found in the prompt)."""
@@ -560,6 +573,18 @@ _HEADING_MARKER = r"(?m)^[ \t]*#{1,6}[ \t]"
 _WORD_START = r"(?:^|\s)\S"  # one match per whitespace-separated word (as many as \S+, cheaper)
 _LETTERLESS_START = r"(?:^|\s)[^\s\p{L}]"  # words starting with a non-letter: all those without one
 _FIRST_LINE_BULLET = r"^\s*(?:[•●◦▪‣⁃]|[-*](?:\s|$))"  # the first non-blank line starts with a bullet
+
+
+def _symbol_chars() -> pl.Expr:
+    """The characters of the prose's tokens without a letter or digit."""
+    return pl.col("prose").str.replace_all(_CONTENT_WORD, "").str.replace_all(r"\s+", "")
+
+
+def _mean_length() -> pl.Expr:
+    """Gopher's mean word length: characters of the words with a letter or digit, per such word."""
+    return ((pl.col("non_space") - pl.col("symbols").str.len_chars()) / pl.col("content_words")).alias(
+        "mean_length"
+    )
 
 
 class DocumentRules:
@@ -630,16 +655,20 @@ class DocumentRules:
                 | self._at_most(text, self._stop_regex, c.min_stop_words, simple=self._simple_stop_words)
             ).alias("screened"),
         ]
-        measured = _streamed(long.lazy().with_columns(screens))
-        measured = replace_where(
-            measured.with_columns(pl.col("words").alias("content_words")),
-            "content_words",
-            pl.col("letterless") > 0,
-            text.str.count_matches(_CONTENT_WORD),
+        measured = _with_measures(long, *screens, text.str.len_chars().alias("chars")).with_columns(
+            (pl.col("chars") - pl.col("spaces")).alias("non_space"),
+            pl.col("words").alias("content_words"),
+            pl.lit("").alias("symbols"),
         )
-        measured = self._mean_length(
-            measured.with_columns((text.str.len_chars() - pl.col("spaces")).alias("non_space"))
-        )
+        # Only where a word starts with a non-letter can a word lack a letter or digit: there the
+        # mean word length needs the content words and the symbol-only tokens' characters.
+        some = measured.filter(pl.col("letterless") > 0).select("_row", "prose", "words")
+        if not some.is_empty():
+            some = _with_measures(some, text.str.count_matches(_CONTENT_WORD).alias("content_words"))
+            some = some.filter(pl.col("words") != pl.col("content_words"))
+            some = _with_measures(some, _symbol_chars().alias("symbols"))
+            measured = measured.update(some.select("_row", "content_words", "symbols"), on="_row")
+        measured = measured.with_columns(_mean_length())
         mean = pl.col("mean_length")
         words = pl.col("words")
         may_fire = (
@@ -665,17 +694,12 @@ class DocumentRules:
         """``mean_length`` from ``non_space``, ``words`` and ``content_words`` (and ``prose``)."""
         # Gopher leaves tokens without a letter or digit ("-", "...") out of the mean word length;
         # their characters are counted only in the texts that have such tokens.
-        symbol_chars = pl.col("prose").str.replace_all(_CONTENT_WORD, "").str.replace_all(r"\s+", "")
         return replace_where(
             measured.with_columns(pl.lit("").alias("symbols")),
             "symbols",
             pl.col("words") != pl.col("content_words"),
-            symbol_chars,
-        ).with_columns(
-            ((pl.col("non_space") - pl.col("symbols").str.len_chars()) / pl.col("content_words")).alias(
-                "mean_length"
-            )
-        )
+            _symbol_chars(),
+        ).with_columns(_mean_length())
 
     def _bullet_screen(self, text: pl.Expr) -> pl.Expr:
         """Necessary for gopher_bullet_lines: with at most ``n`` lines, more than the maximum share
@@ -1022,7 +1046,7 @@ def _live_features(batch: CleanBatch, dialogue: bool) -> pl.DataFrame:
     ]
     if dialogue:
         aggregations.append(content.filter(role.is_in(["user", "assistant"])).str.join(" ").alias("dialogue"))
-    per_record = batch.messages.group_by("_row", maintain_order=True).agg(aggregations)
+    per_record = _streamed(batch.messages.lazy().group_by("_row", maintain_order=True).agg(aggregations))
     alive = batch.records.filter(batch.live_rows()).select("_row", "task")
     return alive.join(per_record, on="_row", how="left", maintain_order="left").with_columns(
         pl.col("n_messages").fill_null(0), pl.col("n_nonempty").fill_null(0), pl.col("prompt").fill_null("")

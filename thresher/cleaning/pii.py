@@ -35,6 +35,7 @@ _MARKERS = f"[{_WRAP}{TOKEN_OPEN}{TOKEN_CLOSE}{NER_PERSON[0]}{NER_PERSON[1]}]"
 _ASCII = [chr(c) for c in range(32, 127)]
 _PUA = [chr(0xE000 + c) for c in range(32, 127)]
 _ENCODE = str.maketrans(dict(zip(_ASCII, _PUA, strict=True)))
+_DECODE = str.maketrans(dict(zip(_PUA, _ASCII, strict=True)))
 # What the NER model reads: tokens as same-length bracketed placeholders ("\x1eA\x1f" -> "[A]").
 _VIEW = str.maketrans({TOKEN_OPEN: "[", TOKEN_CLOSE: "]", **dict.fromkeys(_PUA, "x")})
 _TOKEN_RE = re.compile(f"{TOKEN_OPEN}[^{TOKEN_CLOSE}]*{TOKEN_CLOSE}")
@@ -191,14 +192,15 @@ def _context(pre: str, value: str, post: str = "") -> str:
 class PiiPattern:
     """A regex for candidates and, where a regex cannot decide, a vectorized validator over them.
 
-    ``prefilter`` is a regex every text with a match also matches, chosen to be fast to scan
-    (literals, short classes): the full pattern only runs on the texts it selects. A regex built
-    with ``_context`` redacts only its ``v`` group (the words around it are evidence, not PII).
+    ``prefilter`` holds regexes one of which every text with a valid match also matches, each fast
+    to scan (a few literals, a rare leading class: one alternation of many case-insensitive words
+    loses the regex engine's literal search): the full pattern only runs on the texts they select.
+    A regex built with ``_context`` redacts only its ``v`` group (the words around it are evidence).
     """
 
     regex: str
     validator: Validator | None = None
-    prefilter: str | None = None
+    prefilter: tuple[str, ...] = ()
 
     @property
     def has_context(self) -> bool:
@@ -415,7 +417,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                     r"[A-Za-z0-9+/_.=-]{20,}",
                 ),
                 _secret_valid,
-                r"(?i:key|secret|token|passw|pwd|credential|auth|bearer)",
+                (r"""(?:[:=]|=>)\s*["']?[A-Za-z0-9+/_.=-]{20}|Bearer [A-Za-z0-9+/_.=-]{20}""",),
             ),
         ),
     ),
@@ -423,13 +425,21 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
         "url_credentials",
         "[CREDENTIALS]",
         "U",
-        (PiiPattern(_context(r"\b[A-Za-z][A-Za-z0-9+.-]*://", r"[^\s/@:]+:[^\s/@]+", "@"), prefilter="://"),),
+        (
+            PiiPattern(
+                _context(r"\b[A-Za-z][A-Za-z0-9+.-]*://", r"[^\s/@:]+:[^\s/@]+", "@"), prefilter=("://",)
+            ),
+        ),
     ),
     PiiEntity(
         "email",
         "[EMAIL]",
         "E",
-        (PiiPattern(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b", prefilter="@"),),
+        (
+            PiiPattern(
+                r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b", prefilter=("@",)
+            ),
+        ),
     ),
     PiiEntity(
         "iban",
@@ -439,7 +449,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
             PiiPattern(
                 r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
                 _iban_valid,
-                r"[A-Z]{2}[0-9]{2}",
+                (r"[0-9]{2}(?: ?[A-Z0-9]{4}){2}",),
             ),
         ),
     ),
@@ -452,7 +462,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 r"\+?\b(?:[0-9]{13,19}|[0-9]{4}(?:[ -][0-9]{4}){2}[ -][0-9]{4}(?:[ -][0-9]{3})?"
                 r"|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5})\b",
                 _card_valid,
-                _DIGIT_RUN,
+                (_DIGIT_RUN,),
             ),
         ),
     ),
@@ -461,7 +471,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
         "[US_SSN]",
         "S",
         (
-            PiiPattern(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b", _ssn_valid, r"[0-9]{3}-[0-9]{2}-"),
+            PiiPattern(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b", _ssn_valid, (r"[0-9]{3}-[0-9]{2}-",)),
             # Unformatted nine digits only where the text says it is a social security number.
             PiiPattern(
                 _context(r"(?i:\bssn|social security(?: number)?|\bSS#)[^0-9\n]{0,12}", r"[0-9]{9}\b"),
@@ -479,7 +489,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                     r"(?i:\b(?:born|birth|birthday|birthdate|d\.?o\.?b\.?)\b)[^0-9]{0,24}?",
                     _DATE,
                 ),
-                prefilter=r"(?i:born|birth|dob|d\.o\.b)",
+                prefilter=(r"(?i:born|birth|dob|d\.o\.b)",),
             ),
         ),
     ),
@@ -491,12 +501,12 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
             PiiPattern(
                 rf"\b(?:(?:{_HEX}:){{7}}{_HEX}|(?:{_HEX}:){{1,7}}:(?:{_HEX}(?::{_HEX}){{0,6}})?)(?:\b|$)",
                 _ipv6_valid,
-                r"[0-9A-Fa-f]:[0-9A-Fa-f]*:",
+                (r"[0-9A-Fa-f]:[0-9A-Fa-f]*:",),
             ),
             PiiPattern(
                 r"\b(?:(?i:version|release|ver\.?)\s*)?[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:\.[0-9]+)*\b",
                 _ipv4_valid,
-                _DIGIT_RUN,
+                (_DIGIT_RUN,),
             ),
         ),
     ),
@@ -515,7 +525,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 r"|\b0[0-9]{1,4}(?:[ .-][0-9]{2,7}){1,4}\b"
                 r"|\b[1-9][0-9]{1,3}(?: [0-9]{2,4}){2,4}\b",
                 _phone_valid,
-                _DIGIT_RUN,
+                (_DIGIT_RUN,),
             ),
             # Any plausible number where the text says it is one ("Phone: 467 3395", "9472 7916 office"):
             # local numbers without an area code are valid nowhere libphonenumber could check.
@@ -526,7 +536,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                     _PHONE_IN_CONTEXT,
                 ),
                 _context_phone_valid,
-                r"(?i:phone|tel|mobile|cell|fax|desk|whatsapp|call me)",
+                (_DIGIT_RUN,),  # 7 to 15 digits joined by " ().-"
             ),
             PiiPattern(
                 _context(
@@ -535,7 +545,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                     r"[ \t]*-?[ \t]*\(?(?i:office|fax|mobile|cell|home|work)\b",
                 ),
                 _context_phone_valid,
-                r"(?i:office|fax|mobile|cell|home|work)",
+                (r"[0-9][ \t]*-?[ \t]*\(?[OoFfMmCcHhWw]",),  # the number's last digit, then the word
             ),
         ),
     ),
@@ -547,7 +557,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
             # One pattern per form, applied in this order: as one alternation the regex engine's lazy
             # DFA thrashes (25x slower than the forms scanned one after another).
             *(
-                PiiPattern(form, prefilter=r"[0-9]")
+                PiiPattern(form, prefilter=(r"[0-9]",))
                 for form in (
                     # 90 Whitchurch Road, 6750 Koskikatu 25 Apt. 864, 12 Rue de la Paix, PO Box 9168,
                     # each with the unit, town and postal-code lines that may follow it.
@@ -581,7 +591,11 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                     rf"{_TITLE}|(?i:\bmy name is |\bname is |\bcalled |\bnamed |\bdear |\bname: *)",
                     _NAME,
                 ),
-                prefilter=r"(?i:name|called|dear|mrs?\b|ms\b|miss|mx\b|dr\b|prof|sir\b|dame|madam)",
+                prefilter=(
+                    r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Dame|Madam)\.? ",
+                    r"(?i:mr|mrs|ms|mx|dr|prof)\. ",
+                    r"(?i:name is |called |named |dear |name:)",
+                ),
             ),
             # Names after a relation or role, or a cue that a person follows ("my colleague Zoe Müller",
             # "on behalf of", "ask for", "Attn:", "cc:"); capitalized words that are no names are turned down.
@@ -593,20 +607,22 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                     _NAME,
                 ),
                 _name_valid,
-                rf"(?i:{_RELATION}|behalf of|ask for|speak|talk|call|attn|attention|c/o|cc|signed|author|sender|recipient)",
+                (
+                    rf"(?i:{_RELATION}|behalf of|ask for|speak|talk|call|attn|attention|c/o|cc|signed|author|sender|recipient)",
+                ),
             ),
             # Signatures: a sign-off line, then a line that is only a name; "<name> wrote:" (mail quoting).
             PiiPattern(
                 _context(rf"(?im:^[ \t]*(?:{_SIGN_OFF})[,!.]?[ \t]*\n[ \t]*)", _NAME, r"[ \t]*(?m:$)"),
                 _name_valid,
-                r"\n",
+                (r"\n",),
             ),
-            PiiPattern(_context(r"(?m:^|, )", _NAME, r" (?:<[^>\n]*> )?wrote:"), _name_valid, "wrote:"),
+            PiiPattern(_context(r"(?m:^|, )", _NAME, r" (?:<[^>\n]*> )?wrote:"), _name_valid, ("wrote:",)),
             # "<name> lives at/on/in": where a person lives is said of a person.
             PiiPattern(
                 _context(r"", _NAME, r" (?:lives|lived|resides) (?:at|on|in)\b"),
                 _name_valid,
-                r"(?:lives|lived|resides) (?:at|on|in)",
+                (r"(?:lives|lived|resides) (?:at|on|in)",),
             ),
             _NER_PATTERN,
         ),
@@ -619,9 +635,8 @@ class PiiRedactor:
     """Finds the configured PII entity types and replaces them per their action (or drops the record).
 
     Detection and replacement are Polars regex expressions over all messages. A pattern with a
-    validator or a keyed action is applied in three vectorized moves: wrap every candidate in a
-    marker, split on the marker, validate (and compute keyed replacements for) the odd pieces,
-    join back; only messages with a candidate are exploded.
+    validator or a keyed action wraps every candidate in a marker, validates (and computes keyed
+    replacements for) the distinct candidates, then replaces each wrapped one in a literal pass.
     """
 
     def __init__(self, config: PiiConfig, key: PiiKey | None = None) -> None:
@@ -649,7 +664,7 @@ class PiiRedactor:
         messages = messages.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_m"))
         # Prefilters on the text as it came in, in one parallel select. Replacing a match with a
         # token never creates a new match, so they stay valid supersets as entities are redacted.
-        prefilters = sorted({p.prefilter for e in self.entities for p in e.patterns if p.prefilter})
+        prefilters = sorted({r for e in self.entities for p in e.patterns for r in p.prefilter})
         masks = messages.select([pl.col("content").str.contains(regex).alias(regex) for regex in prefilters])
         found: list[pl.DataFrame] = []  # (_m, n, entity) per message with detections
         for entity in self.entities:
@@ -659,7 +674,11 @@ class PiiRedactor:
                     if self.ner is None:
                         continue
                     messages = self._mark_persons(messages)
-                prefilter = masks.get_column(pattern.prefilter) if pattern.prefilter else None
+                prefilter = (
+                    masks.select(pl.any_horizontal(pattern.prefilter)).to_series()
+                    if pattern.prefilter
+                    else None
+                )
                 messages, counts = self._apply(messages, entity, pattern, prefilter)
                 total += int(counts.get_column("n").sum()) if counts.height else 0
                 found.append(counts.with_columns(pl.lit(entity.name).alias("entity")))
@@ -713,55 +732,56 @@ class PiiRedactor:
                 pl.col("content").str.count_matches(pattern.regex).cast(pl.UInt32).alias("n"),
             )
         else:
-            pieces = (
-                hit.select(
-                    "_m",
-                    pl.col("content")
-                    .str.replace_all(
-                        pattern.regex,
-                        pattern.template(f"{_WRAP}${{{'v' if pattern.has_context else 0}}}{_WRAP}"),
-                    )
-                    .str.split(_WRAP)
-                    .alias("piece"),
-                )
-                .with_columns(pl.col("piece").list.eval(pl.int_range(pl.len()) % 2 == 1).alias("valid"))
-                .explode(["piece", "valid"])
-            )
-            # Validate only the candidates (odd pieces), not the text between them.
-            candidates = pieces.select(pl.arg_where("valid")).to_series()
-            values = pieces[candidates].get_column("piece")
-            if pattern.validator is not None:
-                verdict = pattern.validator(values, self.config)
-                pieces = pieces.with_columns(pieces.get_column("valid").scatter(candidates, verdict))
-            if action in ("pseudonym", "hash"):
-                assert self.key is not None
-                ok = pieces[candidates].get_column("valid")
-                valid_idx, valid_values = candidates.filter(ok), values.filter(ok)
-                clean_values = valid_values.str.replace_all(_MARKERS, "")
-                fakes = replacements(entity.name, clean_values, action, self.key, entity.placeholder)
-                payload = fakes.map_elements(lambda v: v.translate(_ENCODE), return_dtype=pl.String)
-                tokens = pl.repeat(token, pieces.height, dtype=pl.String, eager=True).scatter(
-                    valid_idx, TOKEN_OPEN + entity.code + payload + TOKEN_CLOSE
-                )
-            else:
-                tokens = pl.repeat(token, pieces.height, dtype=pl.String, eager=True)
-            replaced = (
-                pieces.with_columns(tokens.alias("token"))
-                .group_by("_m", maintain_order=True)
-                .agg(
-                    pl.when(pl.col("valid"))
-                    .then(pl.col("token"))
-                    .otherwise(pl.col("piece"))
-                    .str.join("")
-                    .alias("new"),
-                    pl.col("valid").sum().cast(pl.UInt32).alias("n"),
-                )
-            )
+            replaced = self._validated(hit, entity, pattern, action)
         content = messages.get_column("content").scatter(
             replaced.get_column("_m"), replaced.get_column("new")
         )
         counts = replaced.filter(pl.col("n") > 0).select("_m", "n")
         return messages.with_columns(content), counts
+
+    def _validated(
+        self, hit: pl.DataFrame, entity: PiiEntity, pattern: PiiPattern, action: str
+    ) -> pl.DataFrame:
+        """(_m, new, n): the valid candidates in ``hit`` replaced by their tokens, the others kept.
+
+        Every candidate is wrapped in ``_WRAP`` markers; the distinct wrapped candidates are validated
+        (and given keyed replacements) once each, and one Aho-Corasick pass replaces each wrapped
+        candidate by its token or by itself. The markers occur nowhere else, so a wrapped candidate
+        only matches where it was wrapped.
+        """
+        token = f"{TOKEN_OPEN}{entity.code}{TOKEN_CLOSE}"
+        wrapped = hit.select(
+            "_m",
+            pl.col("content").str.replace_all(
+                pattern.regex, pattern.template(f"{_WRAP}${{{'v' if pattern.has_context else 0}}}{_WRAP}")
+            ),
+        )
+        keys = (
+            wrapped.select(pl.col("content").str.extract_all(f"{_WRAP}[^{_WRAP}]*{_WRAP}"))
+            .get_column("content")
+            .explode()
+            .unique()
+        )
+        values = keys.str.slice(1, keys.str.len_chars() - 2)
+        ok = (
+            pattern.validator(values, self.config)
+            if pattern.validator
+            else pl.repeat(True, len(keys), eager=True)
+        )
+        tokens = pl.repeat(token, len(keys), dtype=pl.String, eager=True)
+        if action in ("pseudonym", "hash"):
+            assert self.key is not None
+            clean_values = values.filter(ok).str.replace_all(_MARKERS, "")
+            fakes = replacements(entity.name, clean_values, action, self.key, entity.placeholder)
+            payload = fakes.map_elements(lambda v: v.translate(_ENCODE), return_dtype=pl.String)
+            tokens = tokens.scatter(ok.arg_true(), TOKEN_OPEN + entity.code + payload + TOKEN_CLOSE)
+        replace_with = tokens.zip_with(ok, values)
+        starts = f"{TOKEN_OPEN}{entity.code}"
+        new = wrapped.get_column("content").str.replace_many(keys.implode(), replace_with.implode())
+        n = new.str.count_matches(starts, literal=True) - hit.get_column("content").str.count_matches(
+            starts, literal=True
+        )
+        return pl.DataFrame({"_m": wrapped.get_column("_m"), "new": new, "n": n.cast(pl.UInt32)})
 
     def _drop_records(self, batch: CleanBatch, found: pl.DataFrame | None) -> None:
         if not self.drop or found is None:
@@ -794,60 +814,61 @@ class PiiRedactor:
     def _render(batch: CleanBatch) -> None:
         """Tokens become their replacements; each one's offsets in the final text go to ``batch.redactions``.
 
-        Vectorized: split the tokenized messages at token starts, so every piece after the first
-        begins with a replacement whose start is the length of the pieces before it.
+        Vectorized: the distinct tokens get their replacements and one Aho-Corasick pass puts them in.
+        A token's start is its position in the tokenized text (the lengths of the pieces before it,
+        split at token starts) less what the tokens before it shrank by; only lengths are exploded.
         """
         messages = batch.messages
-        code_to_entity = {e.code: e.name for e in PII_ENTITIES}
-        code_to_placeholder = {e.code: e.placeholder for e in PII_ENTITIES}
-        pieces = (
-            messages.filter(pl.col("content").str.contains(TOKEN_OPEN, literal=True))
-            .select("_m", "_row", "message_index", pl.col("content").str.split(TOKEN_OPEN).alias("piece"))
-            .with_columns(pl.col("piece").list.eval(pl.int_range(pl.len(), dtype=pl.Int32)).alias("k"))
-            .explode(["piece", "k"])
-        )
-        if pieces.is_empty():
+        tokenized = messages.filter(pl.col("content").str.contains(TOKEN_OPEN, literal=True))
+        if tokenized.is_empty():
             batch.messages = messages.drop("_m")
             return
-        code = pl.col("piece").str.slice(0, 1)
-        payload = pl.col("piece").str.extract(f"^.([^{TOKEN_CLOSE}]*){TOKEN_CLOSE}", 1)
-        replacement = (
-            pl.when(payload == "")
-            .then(code.replace_strict(code_to_placeholder, default=None, return_dtype=pl.String))
-            .otherwise(payload.str.replace_many(_PUA, _ASCII))
+        found = (
+            tokenized.select(
+                "_m",
+                "_row",
+                "message_index",
+                # One more piece than tokens: the last piece follows the last token (its token is null).
+                pl.concat_list(
+                    pl.col("content").str.extract_all(_TOKEN_RE.pattern), pl.lit(None, pl.String)
+                ).alias("token"),
+                pl.col("content")
+                .str.split(TOKEN_OPEN)
+                .list.eval(pl.element().str.len_chars())
+                .alias("before"),
+            )
+            .explode(["token", "before"])
+            .drop_nulls("token")
         )
-        rest = pl.col("piece").str.replace(f"^.[^{TOKEN_CLOSE}]*{TOKEN_CLOSE}", "")
-        pieces = (
-            pieces.with_columns(
-                pl.when(pl.col("k") > 0)
-                .then(code.replace_strict(code_to_entity, default=None))
-                .alias("entity"),
-                pl.when(pl.col("k") > 0).then(replacement).alias("_replacement"),
-            )
-            .with_columns(
-                pl.when(pl.col("k") > 0)
-                .then(pl.concat_str([pl.col("_replacement"), rest]))
-                .otherwise(pl.col("piece"))
-                .alias("out"),
-                pl.col("_replacement").str.len_chars().fill_null(0).alias("_plen"),
-            )
-            .with_columns(
-                (pl.col("out").str.len_chars().cum_sum().over("_m") - pl.col("out").str.len_chars())
-                .cast(pl.Int32)
-                .alias("start")
-            )
+        distinct = found.get_column("token").unique()
+        code_to_placeholder = {e.code: e.placeholder for e in PII_ENTITIES}
+        replacement = pl.Series(
+            [
+                code_to_placeholder[t[1]] if len(t) == 3 else t[2:-1].translate(_DECODE)
+                for t in distinct.to_list()
+            ],
+            dtype=pl.String,
         )
-        rendered = pieces.group_by("_m", maintain_order=True).agg(pl.col("out").str.join(""))
         content = messages.get_column("content").scatter(
-            rendered.get_column("_m"), rendered.get_column("out")
+            tokenized.get_column("_m"),
+            tokenized.get_column("content").str.replace_many(distinct.implode(), replacement.implode()),
         )
         batch.messages = messages.with_columns(content).drop("_m")
-        batch.redactions = pieces.filter(pl.col("k") > 0).select(
+        code_to_entity = {e.code: e.name for e in PII_ENTITIES}
+        length = pl.col("token").replace_strict(distinct, replacement.str.len_chars(), return_dtype=pl.Int32)
+        shrink = pl.col("token").str.len_chars().cast(pl.Int32) - length
+        # start = (sum over this and earlier tokens of the message of before + 1 - shrink) + shrink - 1:
+        # a running sum over all rows less its value where the message's rows begin (no window).
+        step = pl.col("before").cast(pl.Int32) + 1 - shrink
+        first = (pl.col("_m") != pl.col("_m").shift(1)).fill_null(True)
+        base = pl.when(first).then(step.cum_sum() - step).forward_fill()
+        start = step.cum_sum() - base + shrink - 1
+        batch.redactions = found.select(
             "_row",
             "message_index",
-            "entity",
-            "start",
-            (pl.col("start") + pl.col("_plen")).cast(pl.Int32).alias("end"),
+            pl.col("token").str.slice(1, 1).replace_strict(code_to_entity).alias("entity"),
+            start.alias("start"),
+            (start + length).alias("end"),
         )
 
 

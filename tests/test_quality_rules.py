@@ -8,6 +8,7 @@ thresholds, determinism, and the reviewer's view of every rule's drops.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -17,16 +18,20 @@ from tests.test_cleaning import clean, frame, record
 from thresher.cleaning import Cleaner
 from thresher.cleaning.batch import CleanBatch, explode_messages
 from thresher.cleaning.rules import (
+    _CUT_END,
+    PLACEHOLDER_PATTERNS,
     RULE_DESCRIPTIONS,
     CopyInstructionRule,
     DocumentRules,
     PlaceholderRule,
     QualityFilter,
+    UnsafeContentRule,
     _live_features,
     _normalized,
+    ascii_word_view,
     load_wordlist,
 )
-from thresher.config import CleanConfig, QualityConfig
+from thresher.config import CleanConfig, QualityConfig, UnsafeWordsConfig
 
 NO_LANGUAGE = CleanConfig(quality=QualityConfig(language=None))
 
@@ -255,6 +260,158 @@ class TestUnsafeContent:
         rule, detail = rejected("Zorp, zorp! I will stab the zorp.", config=custom)
         assert rule == "unsafe_content"
         assert "(slur: 3, violence: 1)" in detail
+
+    def test_curly_quotes_accents_and_cjk_do_not_change_the_count(self):
+        text = "What the “fuck”. This shit’s fucking broken, you bastard: shité, 東京shit and café."
+        rule, detail = rejected(text)
+        assert rule == "unsafe_content"
+        assert "has 4 matches" in detail and "(profanity: 4)" in detail
+
+    @pytest.mark.parametrize("wordlist", ["default", "custom"])
+    def test_decisions_equal_the_plain_regex_on_mixed_scripts(self, tmp_path, wordlist):
+        """Every count and detail equals the word-boundary regex run on the text itself (the rule
+        reads an ASCII view of non-ASCII text): terms next to non-ASCII letters, marks, CJK and
+        punctuation, case variants (Kelvin sign, long s, Greek sigma), multi-word terms across any
+        whitespace, and terms with non-ASCII letters or symbols."""
+        spec = "glin-profanity:english"
+        tokens = _UNSAFE_TOKENS
+        if wordlist == "custom":
+            spec = str(tmp_path / "words.tsv")
+            Path(spec).write_text(_CUSTOM_WORDS, encoding="utf-8")
+            tokens = [*_UNSAFE_TOKENS, *_CUSTOM_TOKENS]
+        rng = random.Random(11)
+        separators = [" "] * 8 + [
+            "",
+            "\u00a0",
+            "\u2003",
+            "\u3000",
+            "\n",
+            "  ",
+            "’",
+            "é",
+            "東",
+            "-",
+            "_",
+            "\u0301",
+        ]
+        texts = [
+            "".join(rng.choice(tokens) + rng.choice(separators) for _ in range(rng.randint(1, 14)))
+            for _ in range(1200)
+        ]
+        features = pl.DataFrame(
+            {"_row": range(len(texts)), "response": texts}, schema_overrides={"_row": pl.UInt32}
+        )
+        fast = UnsafeContentRule(UnsafeWordsConfig(wordlist=spec, max_hits=0))
+        plain = UnsafeContentRule(UnsafeWordsConfig(wordlist=spec, max_hits=0))
+        plain._view = lambda text: text
+        got, expected = fast.evaluate(features), plain.evaluate(features)
+        assert_frame_equal(got, expected)
+        assert 400 < got.height < 1150  # most texts have a hit, some none
+        # The hit counts themselves, for every text (also those without a hit).
+        counts = features.select(
+            fast._view(pl.col("response")).str.count_matches(fast._any).alias("view"),
+            pl.col("response").str.count_matches(fast._any).alias("text"),
+        )
+        assert counts.get_column("view").to_list() == counts.get_column("text").to_list()
+        assert texts and any(not t.isascii() for t in texts)
+
+    def test_the_view_is_ascii_except_for_characters_that_match_a_term(self):
+        view = ascii_word_view(["shit", "fuck", "a$$", "🖕", "scheiße"])
+        text = "Ünïcödé “quotes” 東京 \u00a0\u2003 shit \u212aſSS ß ẞ 🖕 😀"
+        got = pl.select(view(pl.lit(text))).item()
+        assert len(got) == len(text)
+        # Kept: the Kelvin sign and the long s match "k" and "s" case-insensitively, ẞ matches ß.
+        assert {c for c in got if not c.isascii()} == {"\u212a", "ſ", "ß", "ẞ", "🖕"}
+        # Word characters become "_", whitespace a space, other characters "\x00": one for one.
+        assert got == "_n_c_d_ \x00quotes\x00 __    shit \u212aſSS ß ẞ 🖕 \x00"
+
+
+# Default-list terms, their case variants, multi-word parts, look-alikes and non-ASCII neighbours.
+_UNSAFE_TOKENS = [
+    "shit",
+    "SHIT",
+    "ShIt",
+    "fuck",
+    "fucking",
+    "fucK",
+    "ſhit",
+    "shité",
+    "éshit",
+    "shit東京",
+    "東京shit",
+    "“shit”",
+    "’fuck’",
+    "shit’s",
+    "«fuck»",
+    "shit…",
+    "shit́",
+    "a$$",
+    "a$$é",
+    "@ss",
+    "$h!t",
+    "f*ck",
+    "g-spot",
+    "s&m",
+    "🖕",
+    "🖕🖕",
+    "x🖕",
+    "blow",
+    "job",
+    "BLOW",
+    "ball",
+    "sack",
+    "2",
+    "girls",
+    "1",
+    "cup",
+    "class",
+    "assessment",
+    "Scunthorpe",
+    "bastard",
+    "bastardé",
+    "naïve",
+    "café",
+    "İstanbul",
+    "Ω",
+    "ß",
+    "東京",
+    "the",
+    "and",
+]
+_CUSTOM_WORDS = (
+    "# categories with non-ASCII terms\n"
+    "violence\tstab\nslur\tzorp\nde\tscheiße\nde\tarschloch\nfr\tmerde\nfr\tva te faire\n"
+    "el\tσκατά\nel\tμαλάκας\nru\tсука\nja\t馬鹿\nsym\t¡joder!\n"
+)
+_CUSTOM_TOKENS = [
+    "stab",
+    "STAB",
+    "zorp",
+    "Zorp",
+    "scheiße",
+    "SCHEISSE",
+    "SCHEIẞE",
+    "scheißé",
+    "arschloch",
+    "merde",
+    "MERDE",
+    "merdé",
+    "va",
+    "te",
+    "faire",
+    "σκατά",
+    "ΣΚΑΤΆ",
+    "σκατάς",
+    "μαλάκας",
+    "ΜΑΛΆΚΑΣ",
+    "сука",
+    "СУКА",
+    "сукаé",
+    "馬鹿",
+    "馬鹿だ",
+    "¡joder!",
+    "¡JODER!x",
+]
 
 
 # --- Gopher and C4 document rules ------------------------------------------------------------------------
@@ -555,7 +712,8 @@ def _without_screens(monkeypatch) -> None:
     monkeypatch.setattr(DocumentRules, "_suspects", lambda self, long: long)
 
 
-# unsafe_content is left out: it has no screen, and its word-boundary regex is slow on non-ASCII text.
+# unsafe_content is left out: it has no screen (its ASCII view is checked against the plain regex in
+# TestUnsafeContent, whose reference run is slow on non-ASCII text).
 _NO_UNSAFE = {"language": None, "unsafe_words": {"enabled": False}}
 
 
@@ -630,3 +788,85 @@ def test_word_and_ngram_counts_match_a_plain_python_count():
         prompt_grams = {tuple(p.split(" ")[i : i + 3]) for i in range(len(p.split(" ")) - 2)}
         expected.append((row, len(grams), sum(g in prompt_grams for g in grams) / len(grams)))
     assert shared.rows() == expected
+
+
+# --- word boundaries without \b ------------------------------------------------------------------------
+# The placeholder, truncation and stop-word screens test for a match without \b (a Unicode \b makes
+# the regex engine slow on any non-ASCII text). They must decide exactly as the \b forms below did.
+
+_BOUNDARY_FORMS = {
+    "lorem_ipsum": r"(?i)\blorem\s+ipsum\b",
+    "bracket_placeholder": r"(?i)[\[<](?:insert|enter|add|put|type|fill in|your)\b[^\]\[<>\n]{0,60}[\]>](?:[^(]|$)"
+    r"|(?i)[\[<][^\]\[<>\n]{1,40}\bhere[\]>](?:[^(]|$)",
+    "cut_end": r"(?i)(?:[,(\[{/=+&-]|\b(?:the|a|an|and|or|but|of|to|with|for|in|on|at|by|from|that|which|who|"
+    r"is|are|was|were|be|because|so|if|then|than|as|this|these|its|their|our|your|my)\b)$",
+}
+_BOUNDARY_WORDS = (
+    "[insert [Insert [INSERT here] [your [Your’s [enter, <type here> [’here] [here] [ "
+    "lorem ipsum Lorem IPSUM loremipsum élorem ipsumé lorem_ipsum TODO TODOé TODO’ todo FIXME: TBD… "
+    "the The thé éthe the\u0301 a an and And my its \u212aey ſo 東京 naïve café x , ( ] < > { / = + & - "
+    "… ’ “ ” é \u0301 ."
+)
+_BOUNDARY_TOKENS = [
+    *_BOUNDARY_WORDS.split(),
+    *(f"[insert {'x' * n}]" for n in (58, 59, 60)),  # the bracket holds at most 60 characters
+    *(f"[{'y' * n} here]" for n in (38, 39, 40)),  # at most 40 before "here"
+    "[Insert your name here]",
+    "<your answer here>",
+    "[fill in the blank]",
+    "[é here]",
+    "[東京here]",
+    "[naïve here]",
+    "[x\u0301here]",
+    "lorem\u00a0ipsum",
+    "“lorem ipsum”",
+]
+_BOUNDARY_SEPARATORS = [" "] * 6 + ["", "\n", "\u00a0", "\u3000", "’", "é", "東", "(", "-"]
+
+
+def _boundary_texts(n: int, seed: int) -> pl.Series:
+    rng = random.Random(seed)
+    return pl.Series(
+        "text",
+        [
+            rng.choice(["", " ", "“", "- ", "é"])
+            + "".join(
+                rng.choice(_BOUNDARY_TOKENS) + rng.choice(_BOUNDARY_SEPARATORS)
+                for _ in range(rng.randint(1, 12))
+            )
+            for _ in range(n)
+        ],
+    )
+
+
+def test_placeholder_and_truncation_regexes_decide_as_with_word_boundaries():
+    texts = _boundary_texts(6000, seed=5)
+    tails = texts.str.strip_chars_end().str.slice(-80)
+    stub = PLACEHOLDER_PATTERNS["stub_answer"][0]
+    stub_boundary = stub.replace(r"(?:TODO|TBD|FIXME)(?:\W|$)", r"(?:TODO|TBD|FIXME)\b")
+    assert stub_boundary != stub
+    pairs = [
+        (texts, stub, stub_boundary),
+        (texts, PLACEHOLDER_PATTERNS["lorem_ipsum"][0], _BOUNDARY_FORMS["lorem_ipsum"]),
+        (texts, PLACEHOLDER_PATTERNS["bracket_placeholder"][0], _BOUNDARY_FORMS["bracket_placeholder"]),
+        (tails, _CUT_END, _BOUNDARY_FORMS["cut_end"]),
+    ]
+    for text, regex, with_boundaries in pairs:
+        expected = text.str.contains(with_boundaries)
+        assert text.str.contains(regex).to_list() == expected.to_list(), with_boundaries
+        assert 0 < expected.sum() < len(text)  # both outcomes occur
+
+
+@pytest.mark.parametrize(
+    "stop_words", [["the", "be", "to", "of", "and", "that", "have", "with"], ["a", "my", "its", "key", "so"]]
+)
+def test_stop_word_screen_decides_as_with_word_boundaries(stop_words):
+    rules = DocumentRules(QualityConfig().documents.model_copy(update={"stop_words": stop_words}))
+    texts = pl.DataFrame(_boundary_texts(3000, seed=9).alias("prose"))
+    counts = texts.select(pl.col("prose").str.count_matches(rules._stop_regex)).to_series()
+    for k in range(7):
+        got = texts.with_columns(rules._fewer_stop_words(pl.col("prose"), k).alias("x")).get_column("x")
+        expected = texts.with_columns(rules._at_most(pl.col("prose"), rules._stop_regex, k).alias("x"))
+        assert got.to_list() == expected.get_column("x").to_list(), k
+        assert got.to_list() == (counts < k).to_list(), k
+    assert 0 < (counts < 2).sum() < texts.height

@@ -1,13 +1,14 @@
 """synthetic: the cleaned records plus new ones made from them by synthesis recipes."""
 
 import dagster as dg
+import polars as pl
 
 from assets.cleaned import cleaned
 from assets.partitions import batches
 from assets.run_config import SynthesisOverrides
-from assets.stage_runner import stage_checks, stage_config, stage_run
-from pipelines.resources import ThresherResource
-from thresher.synthesis import Synthesizer
+from assets.stage_runner import stage_checks, stage_config, stage_run, table_metadata
+from pipelines.resources import LLMResource, ThresherResource
+from thresher.synthesis import Synthesizer, diversity
 
 
 @dg.asset(
@@ -15,15 +16,50 @@ from thresher.synthesis import Synthesizer
     deps=[cleaned],
     group_name="curation",
     kinds={"duckdb", "polars"},
-    description="Cleaned records passed through, plus synthetic records each linked to its seeds and recipe.",
+    description="Cleaned records passed through, plus synthetic records (rule-based, and LLM-made when an "
+    "endpoint is configured) each linked to its seeds, recipe, template hash and model.",
 )
 def synthetic(
-    context: dg.AssetExecutionContext, config: SynthesisOverrides, thresher: ThresherResource
+    context: dg.AssetExecutionContext,
+    config: SynthesisOverrides,
+    thresher: ThresherResource,
+    llm: LLMResource,
 ) -> dg.MaterializeResult:
     dataset = stage_config(thresher, "synthetic", config)
     with stage_run(context, thresher, "synthetic", dataset) as run:
-        result = Synthesizer(dataset.synthesis).run(run.read("cleaned"), run.batch)
-        return run.write(result)
+        client = llm.client(dataset.synthesis.llm, run.con, context.log.info)
+        synthesizer = Synthesizer(dataset.synthesis, llm=client, dedup=dataset.dedup)
+        result = synthesizer.run(run.read("cleaned"), run.batch)
+        for notice in synthesizer.notices:
+            context.log.warning(notice)
+        created = result.kept.filter(pl.col("origin") == "synthetic")
+        seeds = result.kept.filter(pl.col("origin") == "source")
+        metadata = {
+            "synthetic_share": dg.MetadataValue.float(round(created.height / max(1, result.kept.height), 4)),
+            "diversity": table_metadata(
+                pl.DataFrame(
+                    [
+                        {"records": name, **diversity(frame)}
+                        for name, frame in (("seeds", seeds), ("synthetic", created))
+                    ],
+                    strict=False,
+                )
+            ),
+            "notices": dg.MetadataValue.md("\n".join(f"- {n}" for n in synthesizer.notices) or "none"),
+        }
+        if client is not None:
+            client.close()
+            metadata["llm_endpoint"] = dg.MetadataValue.text(client.generator)
+            # Numbers, so the asset page plots tokens, cost and cache hits across materializations.
+            for key, value in client.usage.as_metadata().items():
+                metadata[key] = (
+                    dg.MetadataValue.bool(value)
+                    if isinstance(value, bool)
+                    else dg.MetadataValue.int(value)
+                    if isinstance(value, int)
+                    else dg.MetadataValue.float(value)
+                )
+        return run.write(result, metadata)
 
 
 synthetic_checks = stage_checks(synthetic)

@@ -58,8 +58,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pipelines.instance import instance
     from thresher.landing import land
 
-    resource = _resource()
-    defs = build_definitions({"thresher": resource})
+    environment = resources_for_environment()
+    resource = environment["thresher"]
+    defs = build_definitions(environment)
     dagster = instance(resource.home_dir)
     landed = [land(p, resource.landing_dir()) for p in _expand(args.paths)]
     keys = list(dict.fromkeys(f.batch for f in landed))
@@ -131,6 +132,12 @@ def _trace_text(t: dict[str, Any]) -> str:
             f"  synthesis: {syn.get('generator')} recipe {syn.get('recipe')} ({syn.get('kind')}), "
             f"template {syn.get('template_id')} (hash {syn.get('template_hash')}), seed {syn.get('seed')}"
         )
+        if syn.get("model"):
+            lines.append(
+                f"  model: {syn['model']} at endpoint {syn.get('endpoint')}, {syn.get('calls')} calls, "
+                f"{syn.get('prompt_tokens')}+{syn.get('completion_tokens')} tokens, "
+                f"{'from the response cache' if syn.get('cache_hit') else 'generated'}; params {syn.get('params')}"
+            )
     for step in t["stages"]:
         extra = ""
         if step["status"] == "rejected":

@@ -128,7 +128,8 @@ def test_every_layout_is_written_and_detected(
     corpus: democorpus.DemoCorpus, ingested: dict[str, Any]
 ) -> None:
     formats = set(ingested["kept"]["source_format"].unique())
-    assert formats == set(ADAPTERS)
+    # Self-Instruct seed tasks are seeds for synthesis, not a data layout: test_ingest reads the real 175.
+    assert formats == set(ADAPTERS) - {"self_instruct"}
     assert [p.name for p in corpus.files] == sorted(p.name for p in corpus.files)
     assert all(p.parent == corpus.root / "files" for p in corpus.files)
 

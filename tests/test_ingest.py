@@ -65,6 +65,7 @@ def test_the_registry_names_every_adapter() -> None:
     assert set(ADAPTERS) == {
         "openai_messages",
         "alpaca",
+        "self_instruct",
         "sharegpt",
         "prompt_response_csv",
         "prompt_response_parquet",
@@ -341,6 +342,7 @@ def test_gsm8k_reference_answer_is_the_text_after_the_hashes(tmp_path: Path) -> 
         ("code/humaneval/HumanEval.jsonl.gz", "humaneval", 164),
         ("code/mbpp/mbpp.jsonl", "mbpp", 974),
         ("math/gsm8k/test.jsonl", "gsm8k", 1319),
+        ("instruct/self_instruct/seed_tasks.jsonl", "self_instruct", 175),
     ],
 )
 def test_public_corpora_ingest_without_rejections(relative: str, adapter: str, count: int) -> None:
@@ -366,6 +368,25 @@ def test_humaneval_corpus_tests_call_the_entry_point() -> None:
         (pl.col("tests").str.ends_with(pl.format("\ncheck({})\n", "entry_point"))).all()
     ).item()
     assert json.loads(kept["metadata"][0])["task_id"] == "HumanEval/0"
+
+
+def test_self_instruct_seed_tasks_become_instruction_input_output_chats(tmp_path: Path) -> None:
+    task = {
+        "id": "seed_task_7",
+        "name": "antonym_relation",
+        "instruction": "What is the relation between the given pairs?",
+        "instances": [{"input": "Night : Day :: Right : Left", "output": "They are opposites."}],
+        "is_classification": False,
+    }
+    record = ingest(land(tmp_path, "seeds.jsonl", [task, {**task, "instances": []}]))
+    assert record.kept["source_format"].to_list() == ["self_instruct"]
+    messages = record.kept["messages"][0].to_list()
+    assert messages == [
+        {"role": "user", "content": f"{task['instruction']}\n\n{task['instances'][0]['input']}"},
+        {"role": "assistant", "content": "They are opposites."},
+    ]
+    assert json.loads(record.kept["metadata"][0])["name"] == "antonym_relation"
+    assert record.rejected["rule"].to_list() == ["wrong_type"]
 
 
 def test_gsm8k_corpus_reference_answers_are_plain_numbers() -> None:

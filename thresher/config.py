@@ -432,9 +432,73 @@ class RecipeConfig(_Section):
     templates: list[str] = Field(default_factory=list)
 
 
+LLMRecipeKind = Literal[
+    "self_instruct",
+    "paraphrase",
+    "back_translation",
+    "reverse_instruction",
+    "evol_instruct",
+    "code_workflow",
+    "tool_use",
+    "long_context",
+    "distillation",
+]
+
+
+class LLMRecipeConfig(_Section):
+    """One LLM-backed synthesis recipe (thresher/llm_recipes.py documents each kind and its params)."""
+
+    name: str
+    kind: LLMRecipeKind
+    rate: float = Field(0.1, ge=0.0, le=1.0, description="Share of eligible seed records used.")
+    max_per_batch: int = Field(100, ge=0, description="Records created per batch at most.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(1024, ge=1, description="Completion tokens per call.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Kind-specific parameters; unknown keys are errors."
+    )
+
+    @model_validator(mode="after")
+    def _params_fit_the_kind(self) -> LLMRecipeConfig:
+        from thresher.llm_recipes import LLM_RECIPES  # the recipes import this module
+
+        LLM_RECIPES[self.kind](self, seed=0)  # raises ValueError naming the recipe and the bad param
+        return self
+
+
+class LLMConfig(_Section):
+    """How the LLM recipes call the endpoint (which endpoint: the environment, see pipelines/resources.py)."""
+
+    concurrency: int = Field(4, ge=1, le=256, description="Requests in flight at once.")
+    max_retries: int = Field(
+        5, ge=0, le=20, description="Retries of a request on 429, 5xx, timeouts and bad bodies."
+    )
+    backoff_seconds: float = Field(
+        0.5, ge=0.0, description="First retry delay; doubles per retry (full jitter)."
+    )
+    timeout_seconds: float = Field(60.0, gt=0.0, description="Per request.")
+    max_requests: int | None = Field(
+        None, ge=0, description="Budget per run: requests sent (cache hits are free); null: no limit."
+    )
+    max_tokens: int | None = Field(
+        None, ge=0, description="Budget per run: prompt + completion tokens; null: no limit."
+    )
+    price_per_million_input: float = Field(
+        0.0, ge=0.0, description="USD per 1M prompt tokens, for cost accounting."
+    )
+    price_per_million_output: float = Field(0.0, ge=0.0, description="USD per 1M completion tokens.")
+
+
 class SynthesisConfig(_Section):
     seed: int = 7
     recipes: list[RecipeConfig] = Field(default_factory=list)
+    llm_recipes: list[LLMRecipeConfig] = Field(
+        default_factory=list,
+        description="Run only with an endpoint configured; skipped (with a message) without.",
+    )
+    llm: LLMConfig = LLMConfig()
+
+    _unique_llm_recipe_names = field_validator("llm_recipes")(lambda cls, v: _unique_names(v, "LLM recipe"))
 
     _unique_recipe_names = field_validator("recipes")(lambda cls, v: _unique_names(v, "recipe"))
 

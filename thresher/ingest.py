@@ -497,6 +497,38 @@ class AlpacaAdapter(JsonRecordAdapter):
         return Record(task=TaskKind.CHAT.value, messages=messages, metadata=metadata, license=license_)
 
 
+class SelfInstructAdapter(JsonRecordAdapter):
+    """Self-Instruct seed tasks: ``{"id", "name", "instruction", "instances": [{"input", "output"}], ...}``.
+
+    The first instance becomes the conversation (instruction, then its input, answered by its
+    output), so the 175 seed tasks of Wang et al. can seed synthesis like any chat batch; the task's
+    id, name, classification flag and instances stay in the metadata.
+    """
+
+    name = "self_instruct"
+    signature = frozenset({"instruction", "instances"})
+
+    def convert(self, obj: dict[str, Any]) -> Record:
+        instruction = _field(obj, "instruction")
+        instances = obj.get("instances")
+        if not isinstance(instances, list) or not instances:
+            raise Invalid(
+                "wrong_type", "field 'instances' must be a non-empty list of {input, output} objects"
+            )
+        first = instances[0]
+        if not isinstance(first, dict):
+            raise Invalid("wrong_type", f"instance 1 is {_json_type(first)}, expected an object")
+        input_ = _field(first, "input", required=False)
+        output = _field(first, "output")
+        messages = [
+            {"role": "user", "content": alpaca_prompt(instruction, input_)},
+            {"role": "assistant", "content": output},
+        ]
+        _check_conversation(messages)
+        metadata, license_ = _metadata(obj, {"instruction"})
+        return Record(task=TaskKind.CHAT.value, messages=messages, metadata=metadata, license=license_)
+
+
 SHAREGPT_ROLES: dict[str, str] = {
     "human": "user",
     "user": "user",
@@ -950,6 +982,7 @@ ADAPTERS: dict[str, Adapter] = {
     for adapter in (
         OpenAIMessagesAdapter(),
         AlpacaAdapter(),
+        SelfInstructAdapter(),
         ShareGPTAdapter(),
         CsvAdapter(),
         ParquetAdapter(),
@@ -960,7 +993,7 @@ ADAPTERS: dict[str, Adapter] = {
 }
 
 # Most specific layouts first: a HumanEval record also has a "prompt", a GSM8K one nothing else.
-_DETECTION_ORDER = ("humaneval", "mbpp", "gsm8k", "openai_messages", "sharegpt", "alpaca")
+_DETECTION_ORDER = ("humaneval", "mbpp", "gsm8k", "self_instruct", "openai_messages", "sharegpt", "alpaca")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ folder.
 | `source_sha256`, `batch` | sha256 of the input file's bytes, and its ingestion batch |
 | `path` | the stages the record passed, in order: `stage`, Dagster `run_id`, `config_fingerprint` |
 | `seeds` | synthetic records: the seed records (`record_id`, `source_file`, `source_line`) |
-| `synthesis` | synthetic records: `generator`, `recipe`, `kind`, `template_id`, `template_hash`, `params`, `seed` |
+| `synthesis` | synthetic records: `generator`, `recipe`, `kind`, `template_id`, `template_hash`, `params`, `seed`; for LLM recipes also `model`, `endpoint` (its name, never a key), `cache_hit`, `prompt_tokens`, `completion_tokens`, `calls` |
 | `duplicates_removed` | records dropped as duplicates of this one: `record_id`, `source_file`, `source_line`, `rule`, `detail` |
 | `redactions` | PII replaced by placeholders: `entity`, `message_index`, `start`, `end` (offsets only) |
 | `verdict`, `verdict_detail` | the verification outcome |
@@ -101,7 +101,9 @@ def _records_sql(con: duckdb.DuckDBPyConnection) -> str:
         "synthesis": """
             synth AS (SELECT record_id, {'generator': generator, 'recipe': recipe, 'kind': kind,
                               'template_id': template_id, 'template_hash': template_hash, 'params': params,
-                              'seed': seed} AS synthesis
+                              'seed': seed, 'model': model, 'endpoint': endpoint, 'cache_hit': cache_hit,
+                              'prompt_tokens': prompt_tokens, 'completion_tokens': completion_tokens,
+                              'calls': calls} AS synthesis
                       FROM synthesis),""",
         "redactions": """
             red AS (SELECT record_id, list({'entity': entity, 'message_index': message_index,

@@ -3,8 +3,10 @@
 This is the offline, rule-based generator: each recipe rewrites or combines seed conversations with
 text templates. Every created record names its seeds (``parent_ids``, "seed" edges), the recipe, the
 template (index and content hash) and the seed, so it can be traced back to source lines and
-re-created exactly. An LLM-backed recipe is another ``Recipe`` subclass with its own ``generator``
-and ``build``; selection, ids, lineage and duplicate screening stay here.
+re-created exactly. The LLM-backed recipes (``thresher.llm_recipes``) run after the rule-based ones
+when an ``LLMClient`` is given and are skipped, with a notice, when none is; ids, lineage and
+duplicate screening stay here for both. LLM output is also screened for near duplicates of the
+batch (and of each other) with the dedup stage's MinHash, at the dataset's threshold and scope.
 
 Selection is deterministic: eligible seeds are ranked by SHA-256 of (recipe name, seed, record id)
 and the first ``ceil(rate * n)`` are used, capped at ``max_per_batch`` created records.
@@ -21,8 +23,11 @@ from typing import ClassVar
 
 import polars as pl
 
-from thresher.config import RecipeConfig, SynthesisConfig
+from thresher.config import DedupConfig, RecipeConfig, SynthesisConfig
+from thresher.dedup import dedup_texts, near_duplicate_pairs
 from thresher.hashing import sha256_hex
+from thresher.llm import LLMClient
+from thresher.llm_recipes import LLM_RECIPES
 from thresher.records import RECORD_SCHEMA, conform, empty_ledger
 from thresher.stage import EDGE_SCHEMA, StageResult
 
@@ -38,6 +43,38 @@ SYNTHESIS_SCHEMA: dict[str, pl.DataType] = {
     "params": pl.String,
     "seed": pl.Int64,
     "generator": pl.String,
+    # LLM recipes only (null for rule-based ones): model and endpoint name (never its key), whether
+    # every call was answered from the response cache, tokens and calls behind the record.
+    "model": pl.String,
+    "endpoint": pl.String,
+    "cache_hit": pl.Boolean,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "calls": pl.Int64,
+}
+
+
+# What an LLM recipe adds to a built row (null for rule-based rows), and the record fields it may set.
+_LLM_COLUMNS: dict[str, pl.DataType] = {
+    "model": pl.String,
+    "endpoint": pl.String,
+    "cache_hit": pl.Boolean,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "calls": pl.Int64,
+}
+_RECIPE_RECORD_COLUMNS: dict[str, pl.DataType] = {
+    "task": pl.String,
+    "tests": pl.String,
+    "entry_point": pl.String,
+    "metadata_extra": pl.String,
+}
+_PRIVATE_SCHEMA: dict[str, pl.DataType] = {
+    "_recipe": pl.String,
+    "_kind": pl.String,
+    "template_id": pl.Int32,
+    "template_hash": pl.String,
+    **_LLM_COLUMNS,
 }
 
 
@@ -268,11 +305,21 @@ def conversation_key(messages: pl.Expr) -> pl.Expr:
 
 
 class Synthesizer:
-    """Runs every configured recipe over a batch; inputs pass through, synthetic records are added."""
+    """Runs every configured recipe over a batch; inputs pass through, synthetic records are added.
 
-    def __init__(self, config: SynthesisConfig) -> None:
+    ``llm`` is the endpoint's client for this run (None: no endpoint, the LLM recipes are skipped and
+    ``notices`` says so); ``dedup`` the dataset's dedup settings for the near-duplicate screen.
+    """
+
+    def __init__(
+        self, config: SynthesisConfig, llm: LLMClient | None = None, dedup: DedupConfig | None = None
+    ) -> None:
         self.config = config
         self.recipes = [RECIPES[r.kind](r, config.seed) for r in config.recipes]
+        self.llm_recipes = [LLM_RECIPES[r.kind](r, config.seed) for r in config.llm_recipes]
+        self.llm = llm
+        self.dedup = dedup or DedupConfig()
+        self.notices: list[str] = []
 
     def run(self, records: pl.DataFrame, batch: str) -> StageResult:
         """All input records kept unchanged plus the created ones; nothing is rejected."""
@@ -291,7 +338,9 @@ class Synthesizer:
                 pl.lit(recipe.name).alias("_recipe"), pl.lit(recipe.kind).alias("_kind")
             )
             built.append(made)
-        created = self._assemble(pl.concat(built) if built else None, seeds, batch)
+        built += self._generate(seeds, counters)
+        created = self._assemble(pl.concat(built, how="diagonal_relaxed") if built else None, seeds, batch)
+        created = self._screen_near_duplicates(created, records, counters)
 
         # A created record identical (after normalization) to an input or to an earlier created
         # record adds nothing: it is never created.
@@ -300,7 +349,7 @@ class Synthesizer:
         fresh = created.join(input_keys, on="_key", how="anti", maintain_order="left").filter(
             pl.col("_key").is_first_distinct()
         )
-        for recipe in self.recipes:
+        for recipe in [*self.recipes, *self.llm_recipes]:
             built_n = created.filter(pl.col("_recipe") == recipe.name).height
             kept_n = fresh.filter(pl.col("_recipe") == recipe.name).height
             counters[f"recipe.{recipe.name}"] = kept_n
@@ -317,17 +366,69 @@ class Synthesizer:
             counters=counters,
         )
 
+    def _generate(self, seeds: pl.DataFrame, counters: dict[str, int]) -> list[pl.DataFrame]:
+        """The LLM recipes' rows (``made`` plus ``_recipe``/``_kind``/``template_id``), or a notice."""
+        if not self.llm_recipes:
+            return []
+        if self.llm is None:
+            names = ", ".join(r.name for r in self.llm_recipes)
+            self.notices.append(
+                f"LLM recipes skipped ({names}): no endpoint configured. Set THRESHER_LLM_BASE_URL and "
+                "THRESHER_LLM_MODEL (and THRESHER_LLM_API_KEY if the endpoint needs one) to run them."
+            )
+            counters["llm.recipes_skipped"] = len(self.llm_recipes)
+            return []
+        made = []
+        for recipe in self.llm_recipes:
+            generated = recipe.generate(seeds, self.llm)
+            counters.update(generated.counters)
+            made.append(
+                generated.made.with_columns(
+                    pl.lit(recipe.name).alias("_recipe"),
+                    pl.lit(recipe.kind).alias("_kind"),
+                    pl.lit(0, dtype=pl.Int32).alias("template_id"),
+                )
+            )
+        return made
+
+    def _screen_near_duplicates(
+        self, created: pl.DataFrame, records: pl.DataFrame, counters: dict[str, int]
+    ) -> pl.DataFrame:
+        """LLM records that are near duplicates (dedup stage's MinHash, confirmed by true Jaccard) of an
+        input record or of an earlier created record are dropped and counted: a model that echoes
+        its seed or itself adds nothing. Rule-based variants are exempt: they are templated on
+        purpose, and exact copies are screened for every recipe in ``run``."""
+        llm = created.filter(pl.col("model").is_not_null()) if "model" in created.columns else created.clear()
+        if llm.is_empty() or not self.dedup.minhash.enabled:
+            return created
+        pool = pl.concat([records.select("messages"), llm.select("messages")])
+        texts = dedup_texts(pool, self.dedup.normalization, self.dedup.scope)
+        pairs = near_duplicate_pairs(texts, self.dedup.minhash)
+        # Pair (i, j) has i < j: the later row is the copy; input rows come first.
+        copies = set(pairs.filter(pl.col("j") >= records.height)["j"].to_list())
+        drop = [row - records.height for row in sorted(copies)]
+        dropped = llm[drop].group_by("_recipe").len() if drop else pl.DataFrame()
+        for row in dropped.iter_rows(named=True):
+            counters[f"recipe.{row['_recipe']}.near_duplicate_skipped"] = row["len"]
+        if not drop:
+            return created
+        ids = llm[drop]["record_id"].implode()
+        return created.filter(~pl.col("record_id").is_in(ids))
+
     def _assemble(self, made: pl.DataFrame | None, seeds: pl.DataFrame, batch: str) -> pl.DataFrame:
-        """Canonical records (plus private ``_recipe``/``_kind``/``template_*`` columns) from built rows."""
-        columns = [*RECORD_SCHEMA, "_recipe", "_kind", "template_id", "template_hash"]
+        """Canonical records (plus private ``_recipe``/``_kind``/``template_*`` and LLM columns) from built rows.
+
+        A record's task, tests and entry point come from the recipe when it sets them (code and tool
+        records of the LLM recipes), else from its first seed. LLM records have their content in the
+        id: one prompt may yield several records, and some have no seed at all.
+        """
+        columns = [*RECORD_SCHEMA, "_recipe", "_kind", "template_id", "template_hash", *_LLM_COLUMNS]
         if made is None or made.is_empty():
-            private = {
-                "_recipe": pl.String,
-                "_kind": pl.String,
-                "template_id": pl.Int32,
-                "template_hash": pl.String,
-            }
-            return pl.DataFrame(schema={**RECORD_SCHEMA, **private})
+            return pl.DataFrame(schema={**RECORD_SCHEMA, **_PRIVATE_SCHEMA})
+        for name, dtype in {**_LLM_COLUMNS, **_RECIPE_RECORD_COLUMNS}.items():
+            if name not in made.columns:
+                made = made.with_columns(pl.lit(None, dtype=dtype).alias(name))
+        is_llm = pl.col("model").is_not_null()
         id_key = pl.concat_str(
             [
                 pl.col("_recipe"),
@@ -337,24 +438,37 @@ class Synthesizer:
             ],
             separator="\x1f",
         )
+        id_key = (
+            pl.when(is_llm)
+            .then(pl.concat_str([id_key, conversation_key(pl.col("messages"))], separator="\x1f"))
+            .otherwise(id_key)
+        )
         ids = sha256_hex(made.select(id_key.alias("k"))["k"]).str.slice(0, 16)
         first_seed = seeds.unique("record_id", keep="first", maintain_order=True).select(
             pl.col("record_id").alias("_first_seed"),
-            "task",
+            pl.col("task").alias("_seed_task"),
             "source_file",
             "source_line",
             "source_format",
             "license",
         )
-        metadata = pl.struct(
+        base = pl.struct(
             pl.col("_recipe").alias("recipe"), pl.col("template_id"), pl.col("template_hash")
         ).struct.json_encode()
+        # The recipe's own facts (pivot language, tool schemas, ...) join the same JSON object.
+        extra = pl.col("metadata_extra")
+        metadata = (
+            pl.when(extra.is_null() | (extra == "{}"))
+            .then(base)
+            .otherwise(pl.concat_str([base.str.head(-1), pl.lit(","), extra.str.tail(-1)]))
+        )
         assembled = (
             made.with_columns(pl.col("seed_ids").list.first().alias("_first_seed"))
             .join(first_seed, on="_first_seed", how="left", maintain_order="left")
             .with_columns(
                 pl.concat_str([pl.lit("s-"), ids]).alias("record_id"),
                 pl.lit(batch).alias("batch"),
+                pl.coalesce("task", "_seed_task").alias("task"),
                 pl.col("seed_ids").alias("parent_ids"),
                 pl.lit("synthetic").alias("origin"),
                 metadata.alias("metadata"),
@@ -376,15 +490,14 @@ class Synthesizer:
         )
 
     def _provenance(self, created: pl.DataFrame) -> pl.DataFrame:
+        recipes = [*self.recipes, *self.llm_recipes]
         params = pl.DataFrame(
             {
-                "_recipe": [r.name for r in self.recipes],
-                "params": [
-                    json.dumps(r.config.model_dump(mode="json"), sort_keys=True) for r in self.recipes
-                ],
-                "generator": [r.generator for r in self.recipes],
+                "_recipe": [r.name for r in recipes],
+                "params": [json.dumps(r.config.model_dump(mode="json"), sort_keys=True) for r in recipes],
+                "_rule_generator": [getattr(r, "generator", None) for r in recipes],
             },
-            schema={"_recipe": pl.String, "params": pl.String, "generator": pl.String},
+            schema={"_recipe": pl.String, "params": pl.String, "_rule_generator": pl.String},
         )
         return (
             created.join(params, on="_recipe", how="left", maintain_order="left")
@@ -396,7 +509,47 @@ class Synthesizer:
                 "template_hash",
                 "params",
                 pl.lit(self.config.seed).alias("seed"),
-                "generator",
+                pl.coalesce(
+                    pl.concat_str([pl.lit("llm:"), "endpoint", pl.lit("/"), "model"]), "_rule_generator"
+                ).alias("generator"),
+                *_LLM_COLUMNS,
             )
             .select([pl.col(c).cast(t) for c, t in SYNTHESIS_SCHEMA.items()])
         )
+
+
+def diversity(records: pl.DataFrame) -> dict[str, float | int]:
+    """How varied a set of records' instructions (first user turns) and answers are.
+
+    The measures Self-Instruct and Evol-Instruct report: distinct leading words (a verb, for
+    imperative instructions: "write", "explain", ...), distinct-1/distinct-2 (unique word uni- and
+    bigrams over all of them), and the spread of instruction and answer lengths in words.
+    """
+    if records.is_empty():
+        return {"records": 0}
+
+    def turn(role: str, pick: str) -> pl.Expr:
+        position = pl.col("messages").list.eval(pl.element().struct.field("role").eq(role).arg_true())
+        index = position.list.first() if pick == "first" else position.list.last()
+        return pl.col("messages").list.get(index, null_on_oob=True).struct.field("content").fill_null("")
+
+    words = records.select(
+        turn("user", "first").str.to_lowercase().str.extract_all(r"[\p{L}\p{N}']+").alias("w"),
+        turn("assistant", "last").str.count_matches(r"\S+").alias("answer_words"),
+    ).with_columns(pl.col("w").list.len().alias("instruction_words"))
+    tokens = words.with_row_index("r").select("r", "w").explode("w").drop_nulls("w")
+    bigrams = tokens.with_columns(pl.col("w").shift(-1).over("r").alias("next")).drop_nulls("next")
+    lengths = words.select(
+        pl.col(column).quantile(q).alias(f"{column}_p{round(q * 100)}")
+        for column in ("instruction_words", "answer_words")
+        for q in (0.1, 0.5, 0.9)
+    ).row(0, named=True)
+    return {
+        "records": records.height,
+        "distinct_leading_words": words.select(pl.col("w").list.first().drop_nulls().n_unique()).item(),
+        "distinct_1": round(tokens["w"].n_unique() / max(1, tokens.height), 4),
+        "distinct_2": round(
+            bigrams.select(pl.struct("w", "next").n_unique()).item() / max(1, bigrams.height), 4
+        ),
+        **{name: float(value) for name, value in lengths.items()},
+    }

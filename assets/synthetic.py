@@ -6,8 +6,9 @@ import polars as pl
 from assets.cleaned import cleaned
 from assets.partitions import batches
 from assets.run_config import SynthesisOverrides
-from assets.stage_runner import stage_checks, stage_config, stage_run, table_metadata
+from assets.stage_runner import StageRun, stage_checks, stage_config, stage_run, table_metadata
 from pipelines.resources import LLMResource, ThresherResource
+from thresher import store as st
 from thresher.synthesis import Synthesizer, diversity
 
 
@@ -29,7 +30,7 @@ def synthetic(
     with stage_run(context, thresher, "synthetic", dataset) as run:
         client = llm.client(dataset.synthesis.llm, run.con, context.log.info)
         synthesizer = Synthesizer(dataset.synthesis, llm=client, dedup=dataset.dedup)
-        result = synthesizer.run(run.read("cleaned"), run.batch)
+        result = synthesizer.run(run.read("cleaned"), run.batch, earlier=_earlier_batches(run))
         for notice in synthesizer.notices:
             context.log.warning(notice)
         created = result.kept.filter(pl.col("origin") == "synthetic")
@@ -60,6 +61,20 @@ def synthetic(
                     else dg.MetadataValue.float(value)
                 )
         return run.write(result, metadata)
+
+
+def _earlier_batches(run: StageRun) -> pl.DataFrame | None:
+    """Synthetic records of the batches accepted before this one (acceptance order, as dedup uses):
+    re-running any batch then gives what it gave before, whatever the order of materializations."""
+    earlier = st.earlier_batches(run.con, run.batch)
+    if not earlier or not st.table_exists(run.con, "synthetic"):
+        return None
+    return st.query(
+        run.con,
+        "SELECT messages FROM synthetic WHERE origin = 'synthetic' AND list_contains(?, batch) "
+        "ORDER BY batch, record_id",
+        [earlier],
+    )
 
 
 synthetic_checks = stage_checks(synthetic)

@@ -5,14 +5,16 @@ PII in every record: HTML, chat-template tokens, mojibake, control characters, r
 emails, phones, card numbers (Luhn-valid and not), IBANs, SSNs, dates of birth, names, addresses,
 URL credentials, IPs, API keys, refusals, placeholders, truncated and repetitive answers, fenced
 code. ``Cleaner`` runs twice per size: without language ID (the target is >= 50,000 records/s for
-formatting + PII + heuristics) and with it.
+formatting + PII + heuristics) and with it; then once more without it on the same records written
+as model output writes them (``--non-ascii``: curly apostrophes, and accents, curly quotes and CJK
+in every message), where Unicode-aware regexes can fall off their fast path.
 
 Quality, each beside a reference implementation in the same run (the scripts beside this one, each
 also runnable alone): HTML extraction on ../shared/corpora/html/article_extraction vs trafilatura
 (``clean_html.py``), PII detection on ../shared/corpora/pii/presidio vs Presidio (``clean_pii.py``),
 language ID on ../shared/corpora/langid vs lingua (``clean_langid.py``).
 
-    .venv/bin/python benchmarks/clean.py [--sizes N ...] [--seed S] [--skip-corpora]
+    .venv/bin/python benchmarks/clean.py [--sizes N ...] [--seed S] [--skip-corpora] [--no-non-ascii]
 
 Prints the tables, then one JSON object with every figure as the last line.
 """
@@ -96,8 +98,17 @@ def _luhn_complete(prefix: np.ndarray) -> np.ndarray:
     return np.concatenate([prefix, check[:, None]], axis=1)
 
 
-def generate(n: int, seed: int) -> pl.DataFrame:
-    """``n`` canonical records with planted PII and junk, built column-wise (fast, deterministic)."""
+# What the non-ASCII corpus puts after the first sentence of each message (besides curly apostrophes).
+NON_ASCII_TAIL = " café naïve “quoted” 東京では"
+
+
+def generate(n: int, seed: int, non_ascii: bool = False) -> pl.DataFrame:
+    """``n`` canonical records with planted PII and junk, built column-wise (fast, deterministic).
+
+    ``non_ascii``: the same records with every "'" a "’" and ``NON_ASCII_TAIL`` after the first
+    sentence of every message with more than one (so that the same records are rejected, by the same
+    rules: a message's start and end stay as they are).
+    """
     rng = np.random.default_rng(seed)
     idx = np.arange(n)
     cards = _luhn_complete(np.concatenate([np.full((n, 1), 4), rng.integers(0, 10, (n, 14))], axis=1))
@@ -151,11 +162,31 @@ def generate(n: int, seed: int) -> pl.DataFrame:
         pl.lit("bench.jsonl").alias("source_file"),
         (pl.int_range(pl.len()) + 1).alias("source_line"),
     )
+    if non_ascii:
+        content = (
+            pl.element()
+            .struct.field("content")
+            .str.replace_all("'", "’", literal=True)
+            .str.replace(r"([.?!:])([ \n])", "${1}" + NON_ASCII_TAIL + "${2}")
+        )
+        records = records.with_columns(
+            pl.col("messages").list.eval(
+                pl.struct(pl.element().struct.field("role"), content.alias("content"))
+            )
+        )
     return conform(records)
 
 
-def throughput(n: int, seed: int) -> dict:
-    """Seconds and records/s per step on ``n`` generated records, without and with language ID."""
+def _per_step(n: int, seconds: dict[str, float]) -> dict:
+    return {
+        "seconds": {name: round(s, 4) for name, s in seconds.items()},
+        "records_per_second": {name: round(n / s) if s else None for name, s in seconds.items()},
+    }
+
+
+def throughput(n: int, seed: int, non_ascii: bool = True) -> dict:
+    """Seconds and records/s per step on ``n`` generated records, without and with language ID, and
+    (``non_ascii``) without it on the non-ASCII variant of the same records."""
     records = generate(n, seed)
     chars = int(
         records.select(
@@ -180,19 +211,32 @@ def throughput(n: int, seed: int) -> dict:
     steps["total (format+pii+heuristics)"] = total
     steps["language id (extra)"] = with_language.timings["quality.language"]
     steps["total with language id"] = total_with_language
-    return {
+    run = {
         "records": n,
         "chars_per_record": round(chars / n, 1),
-        "seconds": {name: round(seconds, 4) for name, seconds in steps.items()},
-        "records_per_second": {
-            name: round(n / seconds) if seconds else None for name, seconds in steps.items()
-        },
+        **_per_step(n, steps),
         "target_met": n / total >= TARGET_RECORDS_PER_SECOND,
         "kept": result.kept.height,
         "rejected_by_rule": result.rejected_by_rule,
         "redactions": result.tables["redactions"].height,
         "counters": result.counters,
     }
+    if non_ascii:
+        variant = generate(n, seed, non_ascii=True)
+        cleaner = Cleaner(CleanConfig(quality=QualityConfig(language=None)))
+        clock = time.perf_counter()
+        variant_result = cleaner.run(variant)
+        variant_total = time.perf_counter() - clock
+        variant_result.check_conservation()
+        variant_steps = {name: s for name, s in cleaner.timings.items() if name != "quality.language"}
+        variant_steps["total (format+pii+heuristics)"] = variant_total
+        run["non_ascii"] = {
+            **_per_step(n, variant_steps),
+            "target_met": n / variant_total >= TARGET_RECORDS_PER_SECOND,
+            "kept": variant_result.kept.height,
+            "redactions": variant_result.tables["redactions"].height,
+        }
+    return run
 
 
 def print_throughput(runs: list[dict]) -> None:
@@ -209,6 +253,19 @@ def print_throughput(runs: list[dict]) -> None:
             f"redactions {run['redactions']:,}, rejected {run['rejected_by_rule']}; target >= "
             f"{TARGET_RECORDS_PER_SECOND:,} records/s without language id: {'met' if run['target_met'] else 'NOT met'}"
         )
+    variants = [run["non_ascii"] for run in runs if "non_ascii" in run]
+    if len(variants) == len(runs):
+        print(f"the same records, non-ASCII (’ for ', and{NON_ASCII_TAIL!r} after a first sentence):")
+        for name in variants[0]["seconds"]:
+            cells = "".join(
+                f"{v['seconds'][name]:>14.3f} s {v['records_per_second'][name] or 0:>10,}" for v in variants
+            )
+            print(f"{name:<32}{cells}")
+        for run, v in zip(runs, variants, strict=True):
+            print(
+                f"{run['records']:,} non-ASCII records: kept {v['kept']:,}, redactions {v['redactions']:,}; "
+                f"target without language id: {'met' if v['target_met'] else 'NOT met'}"
+            )
 
 
 def main() -> None:
@@ -216,10 +273,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-corpora", action="store_true", help="throughput only")
+    parser.add_argument(
+        "--no-non-ascii", dest="non_ascii", action="store_false", help="skip the non-ASCII throughput run"
+    )
     args = parser.parse_args()
 
     language_model()  # load once, outside the timings
-    runs = [throughput(n, args.seed) for n in args.sizes]
+    runs = [throughput(n, args.seed, args.non_ascii) for n in args.sizes]
     print_throughput(runs)
     summary: dict = {
         "benchmark": "clean",

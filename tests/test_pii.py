@@ -5,8 +5,10 @@ Every test runs the whole cleaned stage (``Cleaner``) on canonical records and s
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import random
 import re
 
 import polars as pl
@@ -14,7 +16,8 @@ import pytest
 
 from tests.conftest import CORPORA, REPO
 from thresher.cleaning import Cleaner, redact_preview
-from thresher.cleaning.pii import luhn_valid, shannon_entropy
+from thresher.cleaning.batch import CleanBatch, explode_messages
+from thresher.cleaning.pii import PII_ENTITIES, PiiRedactor, luhn_valid, regex_parts, shannon_entropy
 from thresher.cleaning.pseudonym import PiiKey, load_key
 from thresher.config import PII_ENTITY_TYPES, CleanConfig, IngestConfig, PiiConfig, QualityConfig, load_config
 from thresher.democorpus import generate, load_ground_truth
@@ -448,3 +451,236 @@ def test_every_planted_demo_value_is_redacted(demo_records, ner):
         clean = clean.model_copy(update={"pii": clean.pii.model_copy(update=model)})
     output = _all_text(Cleaner(clean).run(records))
     assert values and [v for v in values if v in output] == []
+
+
+# --- Unicode word boundaries at ASCII speed: the same matches as the patterns as written -------------
+# A guarded pattern runs ``ascii_regex`` (ASCII \b) on every text its ``guard`` passes and ``regex``
+# (as written, the oracle) on the others. Generated texts put every entity type right next to
+# accents, CJK, curly quotes, "ſ" and the Kelvin sign (which case-insensitive "s" and "k" match),
+# non-ASCII digits and spaces, inside and between words.
+
+ENTITY_SAMPLES = [
+    *(v for vs in POSITIVES.values() for v in vs),
+    "sk-proj-abcdefghijklmnopqrstuvwx",
+    "AKIAIOSFODNN7EXAMPLE",
+    "ghp_" + "a1B2" * 9,
+    "api_key = 'Zx8Qw2Lp9Rt4Vn6Bm1Kc3Hj5'",
+    "password: Zx8Qw2Lp9Rt4Vn6Bm1Kc3",
+    "secret=Ab12Cd34Ef56Gh78Ij90kL",
+    "Bearer eyJhbGciOiJIUzI1NiJ9abcdef123",
+    "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "https://deploy:pw12345678@git.example.com/x",
+    "josé.lee@example.com",
+    "DE89 3704 0044 0532 0130 00",
+    "4111111111111111",
+    "+4111111111111111",
+    "4000 1234 5678 9010",
+    "SSN 078051120",
+    "born on 3 March 1990",
+    "DOB: 01/02/1985",
+    "version 1.2.3.4",
+    "10.0.0.1.5",
+    "fe80::",
+    "a[10::20]",
+    "415.555.0132 x204",
+    "Phone: 467 3395",
+    "tel 9472 7916",
+    "call me on 467 3395",
+    "9472 7916 office",
+    "desk 0412 555 019",
+    "(08) 8747 6301 work",
+    "90 Whitchurch Road",
+    "6750 Koskikatu 25 Apt. 864",
+    "12 Rue de la Paix",
+    "Rue de la Paix 12",
+    "PO Box 9168",
+    "Hauptstraße 5",
+    "Király u. 15",
+    "Trenerys gate 232",
+    "Þórunnarstræti 31",
+    "Via Roma 12",
+    "10 Downing Street, London SW1A 2AA",
+    "44 Søndergade 52\n8000 Aarhus C",
+    "Dašická 688\nPardubice\n53003",
+    "Ørsted gade 7\n2100 København",
+    "221B Baker Street\nLondon\nNW1 6XE",
+    "USS Nimitz FPO AP 96601",
+    "PSC 1234, Box 5678",
+    "Apt 4B",
+    "Mr. John Smith",
+    "Dr Anna Müller",
+    "my name is Zoe Müller",
+    "Dear Olga Petrova",
+    "my colleague Farid Haddad",
+    "ask for Ludwig van Beethoven",
+    "speak to Hiro Tanaka",
+    "Attn: Maria Lindqvist",
+    "cc: Kofi Okafor",
+    "Best regards,\nSarah O'Brien",
+    "John Smith wrote:",
+    "Anna Lee lives at",
+    "Émile Zola lives in",
+]
+NEIGHBOURS = [
+    *[""] * 6,
+    *[" "] * 4,
+    "é",
+    "É",
+    "ü",
+    "Ø",
+    "東",
+    "京",
+    "’",
+    "“",
+    "」",
+    "\u017f",  # ſ
+    "\u212a",  # Kelvin sign
+    "٣",
+    "a",
+    "Z",
+    "7",
+    "_",
+    ".",
+    ",",
+    ":",
+    "-",
+    "+",
+    "(",
+    "\n",
+    "\u00a0",
+    "\u3000",
+]
+FILLERS = [
+    "the",
+    "café",
+    "naïve",
+    "東京では",
+    "“quoted”",
+    "it’s",
+    "2024年",
+    "Über",
+    "École 12",
+    "Straße",
+    "Ярослав",
+]
+# Non-ASCII characters put in place of one ASCII letter of a sample (inside keywords and names too).
+LOOK_ALIKES = {
+    "e": "é",
+    "a": "ä",
+    "o": "ø",
+    "u": "ü",
+    "s": "\u017f",
+    "k": "\u212a",
+    "n": "ñ",
+    "A": "Å",
+    "O": "Ö",
+}
+
+
+def mixed_texts(n: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        pieces = []
+        for _ in range(rng.randint(1, 4)):
+            piece = rng.choice(ENTITY_SAMPLES) if rng.random() < 0.75 else rng.choice(FILLERS)
+            if rng.random() < 0.3:
+                piece = piece.replace("'", "’")
+            if rng.random() < 0.25:
+                spots = [i for i, ch in enumerate(piece) if ch in LOOK_ALIKES]
+                if spots:
+                    i = rng.choice(spots)
+                    piece = piece[:i] + LOOK_ALIKES[piece[i]] + piece[i + 1 :]
+            pieces.append(rng.choice(NEIGHBOURS) + piece + rng.choice(NEIGHBOURS))
+        texts.append("".join(pieces))
+    return texts
+
+
+GUARDED = [
+    pytest.param(p, id=f"{e.name}-{i}") for e in PII_ENTITIES for i, p in enumerate(e.patterns) if p.guard
+]
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    return pl.DataFrame({"_m": range(4000), "content": mixed_texts(4000)})
+
+
+def _marked(frame: pl.DataFrame, regex: str) -> pl.DataFrame:
+    return frame.select(
+        "_m",
+        pl.col("content").str.replace_all(regex, "\x00${0}\x00").alias("marked"),
+        pl.col("content").str.count_matches(regex).alias("n"),
+    )
+
+
+@pytest.mark.parametrize("pattern", GUARDED)
+def test_guarded_patterns_match_as_written_on_mixed_scripts(mixed, pattern):
+    oracle = _marked(mixed, pattern.regex)
+    parts = regex_parts(mixed, pattern)
+    assert [regex for _, regex in parts] == [pattern.ascii_regex, pattern.regex]  # some texts need it
+    assert parts[0][0].height > mixed.height // 4  # most texts take the fast regex
+    fast = pl.concat(_marked(part, regex) for part, regex in parts).sort("_m")
+    assert fast.equals(oracle)
+    assert oracle.get_column("n").sum() > 0
+
+
+def test_ascii_boundaries_alone_would_differ_on_the_mixed_texts(mixed):
+    # The generated texts reach the cases the guards are for: without them, matches would change.
+    differ = [
+        pattern
+        for pattern in (p.values[0] for p in GUARDED)
+        if not _marked(mixed, pattern.ascii_regex).equals(_marked(mixed, pattern.regex))
+    ]
+    assert len(differ) == len(GUARDED)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Karte é4111 1111 1111 1111 ok", "Karte é4111 1111 1111 1111 ok"),  # no boundary after "é"
+        ("Karte ’4111 1111 1111 1111’ ok", "Karte ’[CARD_NUMBER]’ ok"),
+        ("東京 4111 1111 1111 1111東京", "東京 4111 1111 1111 1111東京"),
+        ("it’s 192.168.1.20’s address", "it’s [IP_ADDRESS]’s address"),
+        ("Ørsted gade 7\n2100 København", "[ADDRESS]"),
+        ("please \u017fpeak to Hiro Tanaka", "please \u017fpeak to [PERSON]"),
+    ],
+)
+def test_boundaries_next_to_non_ascii_characters(text, expected):
+    assert redacted(text) == expected
+
+
+def test_redactor_output_is_that_of_the_patterns_as_written(mixed):
+    records = conform(
+        pl.DataFrame(
+            {
+                "record_id": [f"m:{i}" for i in range(mixed.height)],
+                "messages": [[{"role": "user", "content": t}] for t in mixed.get_column("content")],
+                "source_file": "t",
+                "source_line": range(mixed.height),
+            }
+        )
+    )
+    outputs = []
+    for guarded in (True, False):
+        redactor = PiiRedactor(PiiConfig())
+        if not guarded:
+            redactor.entities = [
+                dataclasses.replace(
+                    e,
+                    patterns=tuple(
+                        p if not p.guard else dataclasses.replace(p, guard="") for p in e.patterns
+                    ),
+                )
+                for e in redactor.entities
+            ]
+        batch = CleanBatch(records=records.with_row_index("_row"), messages=explode_messages(records))
+        redactor(batch)
+        outputs.append(
+            (batch.messages.select("_row", "content"), batch.redactions.sort(pl.all()), batch.counters)
+        )
+    (messages, redactions, counters), (oracle_messages, oracle_redactions, oracle_counters) = outputs
+    assert messages.equals(oracle_messages)
+    assert redactions.equals(oracle_redactions)
+    assert counters == oracle_counters
+    assert redactions.get_column("entity").n_unique() == len(PII_ENTITY_TYPES)

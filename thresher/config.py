@@ -487,6 +487,11 @@ class LLMConfig(_Section):
         0.0, ge=0.0, description="USD per 1M prompt tokens, for cost accounting."
     )
     price_per_million_output: float = Field(0.0, ge=0.0, description="USD per 1M completion tokens.")
+    license: str = Field(
+        "unknown",
+        description="License recorded on records a model made without seed records (code problems from "
+        "a topic list, tool calls from a schema); check your provider's terms. Seeded records keep their seed's.",
+    )
 
 
 class SynthesisConfig(_Section):

@@ -321,9 +321,16 @@ class Synthesizer:
         self.dedup = dedup or DedupConfig()
         self.notices: list[str] = []
 
-    def run(self, records: pl.DataFrame, batch: str) -> StageResult:
-        """All input records kept unchanged plus the created ones; nothing is rejected."""
+    def run(self, records: pl.DataFrame, batch: str, earlier: pl.DataFrame | None = None) -> StageResult:
+        """All input records kept unchanged plus the created ones; nothing is rejected.
+
+        ``earlier`` holds the synthetic records other batches made (``messages``): a record equal to
+        one of them, or (LLM output) a near duplicate, is not made again. Recipes without seeds (code
+        problems from a topic list) would otherwise repeat themselves in every batch.
+        """
         records = conform(records)
+        earlier = earlier.select("messages") if earlier is not None else records.clear().select("messages")
+        known = pl.concat([records.select("messages"), earlier])
         seeds = seed_features(
             records.filter((pl.col("task") == "chat") & (pl.col("origin") == "source")).select(
                 list(RECORD_SCHEMA)
@@ -340,11 +347,11 @@ class Synthesizer:
             built.append(made)
         built += self._generate(seeds, counters)
         created = self._assemble(pl.concat(built, how="diagonal_relaxed") if built else None, seeds, batch)
-        created = self._screen_near_duplicates(created, records, counters)
+        created = self._screen_near_duplicates(created, known, counters)
 
         # A created record identical (after normalization) to an input or to an earlier created
         # record adds nothing: it is never created.
-        input_keys = records.select(conversation_key(pl.col("messages")).alias("_key")).unique()
+        input_keys = known.select(conversation_key(pl.col("messages")).alias("_key")).unique()
         created = created.with_columns(conversation_key(pl.col("messages")).alias("_key"))
         fresh = created.join(input_keys, on="_key", how="anti", maintain_order="left").filter(
             pl.col("_key").is_first_distinct()
@@ -394,10 +401,11 @@ class Synthesizer:
     def _screen_near_duplicates(
         self, created: pl.DataFrame, records: pl.DataFrame, counters: dict[str, int]
     ) -> pl.DataFrame:
-        """LLM records that are near duplicates (dedup stage's MinHash, confirmed by true Jaccard) of an
-        input record or of an earlier created record are dropped and counted: a model that echoes
-        its seed or itself adds nothing. Rule-based variants are exempt: they are templated on
-        purpose, and exact copies are screened for every recipe in ``run``."""
+        """LLM records that are near duplicates (dedup stage's MinHash, confirmed by true Jaccard) of a
+        known record (``records``: inputs and earlier batches' synthetic records) or of an earlier
+        created record are dropped and counted: a model that echoes its seed or itself adds nothing.
+        Rule-based variants are exempt: they are templated on purpose, and exact copies are screened
+        for every recipe in ``run``."""
         llm = created.filter(pl.col("model").is_not_null()) if "model" in created.columns else created.clear()
         if llm.is_empty() or not self.dedup.minhash.enabled:
             return created
@@ -469,6 +477,14 @@ class Synthesizer:
                 pl.concat_str([pl.lit("s-"), ids]).alias("record_id"),
                 pl.lit(batch).alias("batch"),
                 pl.coalesce("task", "_seed_task").alias("task"),
+                # A record a model made without seeds has the model as its source.
+                pl.coalesce(
+                    "source_file", pl.concat_str([pl.lit("llm:"), "endpoint", pl.lit("/"), "model"])
+                ).alias("source_file"),
+                pl.coalesce("source_format", pl.when(is_llm).then(pl.lit("llm"))).alias("source_format"),
+                pl.coalesce("license", pl.when(is_llm).then(pl.lit(self.config.llm.license))).alias(
+                    "license"
+                ),
                 pl.col("seed_ids").alias("parent_ids"),
                 pl.lit("synthetic").alias("origin"),
                 metadata.alias("metadata"),

@@ -196,19 +196,55 @@ class PiiPattern:
     to scan (a few literals, a rare leading class: one alternation of many case-insensitive words
     loses the regex engine's literal search): the full pattern only runs on the texts they select.
     A regex built with ``_context`` redacts only its ``v`` group (the words around it are evidence).
+
+    ``guard`` (built with ``_guard``), if set, matches every text on which the regex's Unicode word
+    boundaries could decide otherwise than ASCII ones: on all other texts ``ascii_regex`` runs
+    instead of ``regex``, with the same matches, at ASCII speed (see ``_guard``).
     """
 
     regex: str
     validator: Validator | None = None
     prefilter: tuple[str, ...] = ()
+    guard: str = ""
 
     @property
     def has_context(self) -> bool:
         return "(?P<v>" in self.regex
 
+    @property
+    def ascii_regex(self) -> str:
+        """``regex`` with every ``\\b`` an ASCII word boundary (``(?-u:\\b)``)."""
+        return re.sub(r"(?<!\\)((?:\\\\)*)\\b", r"\1(?-u:\\b)", self.regex)
+
     def template(self, inner: str) -> str:
         """The ``replace_all`` replacement that puts ``inner`` where the PII was."""
         return "${pre}" + inner + "${post}" if self.has_context else inner
+
+
+# --- Unicode word boundaries at ASCII speed --------------------------------------------------------
+# The regex engine's fast DFA runs a Unicode word boundary (\b) only while the text is ASCII: at the
+# first other byte it gives up for an NFA, 10-100x slower, and model output is full of curly quotes.
+# An ASCII boundary (?-u:\b) sees every non-ASCII character as a non-word character, so the two
+# differ exactly where one side of the position is a non-ASCII word character ("é", "東", "ſ") and
+# the other is not. A regex whose every \b is next to a character it consumes (the boundary's side)
+# therefore finds the same matches with ASCII boundaries in every text where no such side, as it can
+# occur at a \b, meets a non-ASCII word character: then every path through the regex has the same
+# assertions true in both, so both accept the same paths and pick the same leftmost-first matches.
+# ``_guard`` describes the sides (what the regex consumes just after a leading \b, just before a
+# trailing one; necessary conditions, so a superset is safe, only slower) and matches the texts
+# where they meet one: those take the regex as written, the others the ASCII one. Case-insensitive
+# "s" and "k" also match "ſ" and the Kelvin sign (non-ASCII word characters): a guard for a regex
+# with such a letter at a boundary takes every text with one of them.
+_NON_ASCII_WORD = r"[\w--[\x00-\x7F]]"
+_FOLDS = r"[\x{17F}\x{212A}]"
+
+
+def _guard(starts: str = "", ends: str = "", *extra: str, folds: bool = False) -> str:
+    """Texts where a non-ASCII word character comes right before ``starts`` or right after ``ends``
+    (what a regex consumes after and before its word boundaries), or that match an ``extra``."""
+    parts = [f"{_NON_ASCII_WORD}(?:{starts})"] if starts else []
+    parts += [f"(?:{ends}){_NON_ASCII_WORD}"] if ends else []
+    return "|".join(parts + list(extra) + ([_FOLDS] if folds else []))
 
 
 # A run of digits with separators: what a card number, an IPv4 address or a phone number contains.
@@ -286,6 +322,9 @@ _KEY_WORD = (
 
 # A phone number in context: digits with the separators people type, and an optional extension.
 _PHONE_IN_CONTEXT = r"\+?[0-9(][0-9 ().-]{5,18}[0-9](?:\s?(?:x|ext\.?)\s?[0-9]{1,6})?\b"
+
+# The sides of the address forms' word boundaries after a unit and a postal code (for ``_guard``).
+_ADDRESS_ENDS = r"[0-9]|[0-9][A-Za-z]|(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat) [0-9A-Z]{1,5}|[0-9][A-Z]{2}"
 
 
 @_expr_validator
@@ -418,6 +457,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 ),
                 _secret_valid,
                 (r"""(?:[:=]|=>)\s*["']?[A-Za-z0-9+/_.=-]{20}|Bearer [A-Za-z0-9+/_.=-]{20}""",),
+                _guard(r"(?i:api|secret|token|passw|pwd|credential|auth|access|private|bearer)", folds=True),
             ),
         ),
     ),
@@ -450,6 +490,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
                 _iban_valid,
                 (r"[0-9]{2}(?: ?[A-Z0-9]{4}){2}",),
+                _guard(r"[A-Z]{2}[0-9]{2}", r"[0-9][0-9A-Z ]*[0-9A-Z]"),
             ),
         ),
     ),
@@ -463,6 +504,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 r"|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5})\b",
                 _card_valid,
                 (_DIGIT_RUN,),
+                _guard(r"[0-9]", r"[0-9]"),
             ),
         ),
     ),
@@ -502,11 +544,13 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 rf"\b(?:(?:{_HEX}:){{7}}{_HEX}|(?:{_HEX}:){{1,7}}:(?:{_HEX}(?::{_HEX}){{0,6}})?)(?:\b|$)",
                 _ipv6_valid,
                 (r"[0-9A-Fa-f]:[0-9A-Fa-f]*:",),
+                _guard(r"[0-9A-Fa-f]{1,4}:", r":[0-9A-Fa-f]{0,4}"),
             ),
             PiiPattern(
                 r"\b(?:(?i:version|release|ver\.?)\s*)?[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?:\.[0-9]+)*\b",
                 _ipv4_valid,
                 (_DIGIT_RUN,),
+                _guard(r"(?i:version|release|ver)|[0-9]{1,3}\.", r"\.[0-9]+"),
             ),
         ),
     ),
@@ -526,6 +570,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 r"|\b[1-9][0-9]{1,3}(?: [0-9]{2,4}){2,4}\b",
                 _phone_valid,
                 (_DIGIT_RUN,),
+                _guard(r"[0-9]", r"[0-9]"),
             ),
             # Any plausible number where the text says it is one ("Phone: 467 3395", "9472 7916 office"):
             # local numbers without an area code are valid nowhere libphonenumber could check.
@@ -537,6 +582,11 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 ),
                 _context_phone_valid,
                 (_DIGIT_RUN,),  # 7 to 15 digits joined by " ().-"
+                _guard(
+                    r"(?i:phone|tel|mobile|cell|fax|desk|whatsapp|call me)",
+                    r"(?i:phone|tel|mobile|cell|fax|desk|whatsapp|call me on|call me at|number)|[0-9]",
+                    folds=True,
+                ),
             ),
             PiiPattern(
                 _context(
@@ -546,6 +596,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 ),
                 _context_phone_valid,
                 (r"[0-9][ \t]*-?[ \t]*\(?[OoFfMmCcHhWw]",),  # the number's last digit, then the word
+                _guard("", r"[0-9]|(?i:office|fax|mobile|cell|home|work)", folds=True),
             ),
         ),
     ),
@@ -557,25 +608,48 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
             # One pattern per form, applied in this order: as one alternation the regex engine's lazy
             # DFA thrashes (25x slower than the forms scanned one after another).
             *(
-                PiiPattern(form, prefilter=(r"[0-9]",))
-                for form in (
+                PiiPattern(form, prefilter=(r"[0-9]",), guard=guard)
+                for form, guard in (
                     # 90 Whitchurch Road, 6750 Koskikatu 25 Apt. 864, 12 Rue de la Paix, PO Box 9168,
                     # each with the unit, town and postal-code lines that may follow it.
-                    rf"(?:\b[0-9]{{1,5}}[A-Za-z]? (?:(?:\p{{Lu}}[\p{{Ll}}'.-]*|of|de|la|du) ){{1,4}}(?:{_STREET_SUFFIX})\b\.?"
-                    rf"|(?:\b[0-9]{{1,5}} )?(?:{_EURO_STREET})"
-                    rf"|\b[0-9]{{1,5}},? (?:{_STREET_PREFIX}|Avenue|Boulevard|Place) (?:\p{{L}}[\p{{L}}'.-]* ){{0,3}}\p{{Lu}}[\p{{L}}'.-]+(?: [0-9]{{1,4}}\b)?"
-                    rf"|\b(?:{_STREET_PREFIX}) (?:\p{{L}}+ ){{0,3}}\p{{Lu}}\p{{L}}+,? [0-9]{{1,4}}\b"
-                    rf"|\b(?:P\.?O\.? Box|Postbox) [0-9]{{1,5}}\b)"
-                    rf"(?:,? {_UNIT})*(?:{_ADDRESS_TAIL}|(?:, \p{{Lu}}[\p{{L}}'.-]*(?: \p{{Lu}}[\p{{L}}'.-]*){{0,2}}){{1,2}}(?:,? {_POSTAL}\b)?)?",
+                    (
+                        rf"(?:\b[0-9]{{1,5}}[A-Za-z]? (?:(?:\p{{Lu}}[\p{{Ll}}'.-]*|of|de|la|du) ){{1,4}}(?:{_STREET_SUFFIX})\b\.?"
+                        rf"|(?:\b[0-9]{{1,5}} )?(?:{_EURO_STREET})"
+                        rf"|\b[0-9]{{1,5}},? (?:{_STREET_PREFIX}|Avenue|Boulevard|Place) (?:\p{{L}}[\p{{L}}'.-]* ){{0,3}}\p{{Lu}}[\p{{L}}'.-]+(?: [0-9]{{1,4}}\b)?"
+                        rf"|\b(?:{_STREET_PREFIX}) (?:\p{{L}}+ ){{0,3}}\p{{Lu}}\p{{L}}+,? [0-9]{{1,4}}\b"
+                        rf"|\b(?:P\.?O\.? Box|Postbox) [0-9]{{1,5}}\b)"
+                        rf"(?:,? {_UNIT})*(?:{_ADDRESS_TAIL}|(?:, \p{{Lu}}[\p{{L}}'.-]*(?: \p{{Lu}}[\p{{L}}'.-]*){{0,2}}){{1,2}}(?:,? {_POSTAL}\b)?)?",
+                        _guard(
+                            rf"[0-9]|{_STREET_PREFIX}|P\.?O\.? Box|Postbox",
+                            rf"{_ADDRESS_ENDS}| (?:{_STREET_SUFFIX})",
+                        ),
+                    ),
                     # A street line of any language ("Dašická 688", "44 Søndergade 52") shown to be one
                     # by the address lines that follow it.
-                    rf"\b(?:[0-9]{{1,5}}[A-Za-z]? )?\p{{Lu}}[\p{{L}}'.-]*(?: [\p{{L}}'.-]+){{0,3}} [0-9]{{1,5}}[A-Za-z]?\b\.?"
-                    rf"(?:,? {_UNIT})?{_ADDRESS_TAIL}",
-                    rf"\b[0-9]{{1,5}}[A-Za-z]? \p{{Lu}}[\p{{L}}'.-]*(?: [\p{{L}}'.-]+){{0,3}}(?:,? {_UNIT})?{_ADDRESS_TAIL}",
+                    (
+                        rf"\b(?:[0-9]{{1,5}}[A-Za-z]? )?\p{{Lu}}[\p{{L}}'.-]*(?: [\p{{L}}'.-]+){{0,3}} [0-9]{{1,5}}[A-Za-z]?\b\.?"
+                        rf"(?:,? {_UNIT})?{_ADDRESS_TAIL}",
+                        # A non-ASCII capital after the leading boundary is a side too (then a number follows).
+                        _guard(
+                            r"[0-9A-Z]",
+                            _ADDRESS_ENDS,
+                            r"(?:^|[\W0-9A-Za-z_])[\p{Lu}--[\x00-\x7F]][\p{L}'.-]*(?: [\p{L}'.-]+){0,3} [0-9]",
+                        ),
+                    ),
+                    (
+                        rf"\b[0-9]{{1,5}}[A-Za-z]? \p{{Lu}}[\p{{L}}'.-]*(?: [\p{{L}}'.-]+){{0,3}}(?:,? {_UNIT})?{_ADDRESS_TAIL}",
+                        "",
+                    ),
                     # Military addresses: ship or unit, then the APO/FPO/DPO line.
-                    r"\b(?:USNS|USNV|USS|USCGC) \p{Lu}\p{L}+\s*,?\s*(?:FPO|APO|DPO) (?:AA|AE|AP) [0-9]{5}\b",
-                    r"\b(?i:(?:PSC|Unit|CMR) [0-9]{4},? Box [0-9]{4}(?:\s*,?\s*[AFD]PO (?:AA|AE|AP) [0-9]{5})?)\b",
-                    rf"\b{_UNIT}",
+                    (
+                        r"\b(?:USNS|USNV|USS|USCGC) \p{Lu}\p{L}+\s*,?\s*(?:FPO|APO|DPO) (?:AA|AE|AP) [0-9]{5}\b",
+                        "",
+                    ),
+                    (
+                        r"\b(?i:(?:PSC|Unit|CMR) [0-9]{4},? Box [0-9]{4}(?:\s*,?\s*[AFD]PO (?:AA|AE|AP) [0-9]{5})?)\b",
+                        "",
+                    ),
+                    (rf"\b{_UNIT}", ""),
                 )
             ),
         ),
@@ -596,6 +670,7 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                     r"(?i:mr|mrs|ms|mx|dr|prof)\. ",
                     r"(?i:name is |called |named |dear |name:)",
                 ),
+                guard=_guard(r"(?i:mr|ms|mx|miss|dr|prof|sir|dame|madam|my name|name|called|named|dear)"),
             ),
             # Names after a relation or role, or a cue that a person follows ("my colleague Zoe Müller",
             # "on behalf of", "ask for", "Attn:", "cc:"); capitalized words that are no names are turned down.
@@ -610,6 +685,11 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 (
                     rf"(?i:{_RELATION}|behalf of|ask for|speak|talk|call|attn|attention|c/o|cc|signed|author|sender|recipient)",
                 ),
+                _guard(
+                    r"(?i:(?:my|our|your|his|her|their) |on behalf of |ask for |speak |talk |calls me |call me "
+                    r"|attn|attention:|c/o )",
+                    folds=True,
+                ),
             ),
             # Signatures: a sign-off line, then a line that is only a name; "<name> wrote:" (mail quoting).
             PiiPattern(
@@ -623,12 +703,26 @@ PII_ENTITIES: tuple[PiiEntity, ...] = (
                 _context(r"", _NAME, r" (?:lives|lived|resides) (?:at|on|in)\b"),
                 _name_valid,
                 (r"(?:lives|lived|resides) (?:at|on|in)",),
+                _guard("", r"(?:lives|lived|resides) (?:at|on|in)"),
             ),
             _NER_PATTERN,
         ),
     ),
 )
 ENTITIES_BY_NAME = {e.name: e for e in PII_ENTITIES}
+
+
+def regex_parts(texts: pl.DataFrame, pattern: PiiPattern) -> list[tuple[pl.DataFrame, str]]:
+    """``texts`` (a ``content`` column) split by the regex that finds ``pattern``'s matches in them at
+    speed: ``ascii_regex`` where ``guard`` does not match, ``regex`` where it does (see ``_guard``)."""
+    if not pattern.guard:
+        return [(texts, pattern.regex)]
+    content = texts.get_column("content")
+    non_ascii = (content.str.len_bytes() != content.str.len_chars()).fill_null(False)
+    guarded = non_ascii.scatter(non_ascii.arg_true(), content.filter(non_ascii).str.contains(pattern.guard))
+    if not guarded.any():
+        return [(texts, pattern.ascii_regex)]
+    return [(texts.filter(~guarded), pattern.ascii_regex), (texts.filter(guarded), pattern.regex)]
 
 
 class PiiRedactor:
@@ -720,19 +814,26 @@ class PiiRedactor:
         scope = messages.select("_m", "content")
         if prefilter is not None:
             scope = scope.filter(prefilter)
-        hit = scope.filter(pl.col("content").str.contains(pattern.regex))
-        if hit.is_empty():
+        hits = [
+            (hit, regex)
+            for part, regex in regex_parts(scope, pattern)
+            if not (hit := part.filter(pl.col("content").str.contains(regex))).is_empty()
+        ]
+        if not hits:
             return messages, pl.DataFrame(schema={"_m": pl.UInt32, "n": pl.UInt32})
         action = self.actions[entity.name]
         token = f"{TOKEN_OPEN}{entity.code}{TOKEN_CLOSE}"
         if pattern.validator is None and action in ("placeholder", "drop"):
-            replaced = hit.select(
-                "_m",
-                pl.col("content").str.replace_all(pattern.regex, pattern.template(token)).alias("new"),
-                pl.col("content").str.count_matches(pattern.regex).cast(pl.UInt32).alias("n"),
+            replaced = pl.concat(
+                hit.select(
+                    "_m",
+                    pl.col("content").str.replace_all(regex, pattern.template(token)).alias("new"),
+                    pl.col("content").str.count_matches(regex).cast(pl.UInt32).alias("n"),
+                )
+                for hit, regex in hits
             )
         else:
-            replaced = self._validated(hit, entity, pattern, action)
+            replaced = self._validated(hits, entity, pattern, action)
         content = messages.get_column("content").scatter(
             replaced.get_column("_m"), replaced.get_column("new")
         )
@@ -740,9 +841,10 @@ class PiiRedactor:
         return messages.with_columns(content), counts
 
     def _validated(
-        self, hit: pl.DataFrame, entity: PiiEntity, pattern: PiiPattern, action: str
+        self, hits: list[tuple[pl.DataFrame, str]], entity: PiiEntity, pattern: PiiPattern, action: str
     ) -> pl.DataFrame:
-        """(_m, new, n): the valid candidates in ``hit`` replaced by their tokens, the others kept.
+        """(_m, new, n): the valid candidates in ``hits`` (texts, each part with the regex to run on it)
+        replaced by their tokens, the others kept.
 
         Every candidate is wrapped in ``_WRAP`` markers; the distinct wrapped candidates are validated
         (and given keyed replacements) once each, and one Aho-Corasick pass replaces each wrapped
@@ -750,12 +852,11 @@ class PiiRedactor:
         only matches where it was wrapped.
         """
         token = f"{TOKEN_OPEN}{entity.code}{TOKEN_CLOSE}"
-        wrapped = hit.select(
-            "_m",
-            pl.col("content").str.replace_all(
-                pattern.regex, pattern.template(f"{_WRAP}${{{'v' if pattern.has_context else 0}}}{_WRAP}")
-            ),
+        wrap = pattern.template(f"{_WRAP}${{{'v' if pattern.has_context else 0}}}{_WRAP}")
+        wrapped = pl.concat(
+            part.select("_m", pl.col("content").str.replace_all(regex, wrap)) for part, regex in hits
         )
+        hit = pl.concat(part for part, _ in hits)
         keys = (
             wrapped.select(pl.col("content").str.extract_all(f"{_WRAP}[^{_WRAP}]*{_WRAP}"))
             .get_column("content")

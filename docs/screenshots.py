@@ -45,7 +45,7 @@ def main() -> None:
     demo = (REPO / "configs" / "demo.yaml").read_text().replace("../../shared", str(REPO.parent / "shared"))
     config.write_text(re.sub(r"\n +email: placeholder", "", demo))  # the mistake under review
     os.environ.update(THRESHER_HOME=str(home), THRESHER_CONFIG=str(config))
-    cli.main(["demo-corpus", "--rows", "1000", "--seed", "5"])
+    cli.main(["demo-corpus", "--rows", "1000", "--seed", "11"])
     batch_file = home / "demo-corpus" / "files" / "chat_part1.jsonl"
     cli.main(["ingest", str(batch_file)])
     OUT.mkdir(parents=True, exist_ok=True)

@@ -224,11 +224,8 @@ def measure(path: Path = CORPUS) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--path", type=Path, default=CORPUS)
-    args = parser.parse_args()
-    result = measure(args.path)
+def print_table(result: dict) -> None:
+    """The figures of ``measure`` as the table this script prints."""
     names = list(result["detectors"])
     print(f"{result['texts']} texts, {result['corpus']}; F1 (P/R), overlap matching")
     print(f"{'type':<16}{'n':>6}  " + "".join(f"{n:<24}" for n in names))
@@ -242,6 +239,14 @@ def main() -> None:
     print(
         f"{'texts/s':<16}{'':>6}  " + "".join(f"{result['detectors'][n]['texts_per_s']:<24}" for n in names)
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--path", type=Path, default=CORPUS)
+    args = parser.parse_args()
+    result = measure(args.path)
+    print_table(result)
     print(json.dumps(result))
 
 

@@ -27,11 +27,17 @@ from thresher.config import DedupConfig, RecipeConfig, SynthesisConfig
 from thresher.dedup import dedup_texts, near_duplicate_pairs
 from thresher.hashing import sha256_hex
 from thresher.llm import LLMClient
-from thresher.llm_recipes import LLM_RECIPES
+from thresher.llm_recipes import GENERATED_SCHEMA, LLM_RECIPES
 from thresher.records import RECORD_SCHEMA, conform, empty_ledger
 from thresher.stage import EDGE_SCHEMA, StageResult
 
 PLACEHOLDER = "{instruction}"
+
+# What an LLM recipe adds to a built row (null for rule-based rows), and the record fields it may set.
+_LLM_COLUMNS = {
+    c: GENERATED_SCHEMA[c]
+    for c in ("model", "endpoint", "cache_hit", "prompt_tokens", "completion_tokens", "calls")
+}
 
 SYNTHESIS_SCHEMA: dict[str, pl.DataType] = {
     "record_id": pl.String,
@@ -45,30 +51,11 @@ SYNTHESIS_SCHEMA: dict[str, pl.DataType] = {
     "generator": pl.String,
     # LLM recipes only (null for rule-based ones): model and endpoint name (never its key), whether
     # every call was answered from the response cache, tokens and calls behind the record.
-    "model": pl.String,
-    "endpoint": pl.String,
-    "cache_hit": pl.Boolean,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "calls": pl.Int64,
+    **_LLM_COLUMNS,
 }
 
 
-# What an LLM recipe adds to a built row (null for rule-based rows), and the record fields it may set.
-_LLM_COLUMNS: dict[str, pl.DataType] = {
-    "model": pl.String,
-    "endpoint": pl.String,
-    "cache_hit": pl.Boolean,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "calls": pl.Int64,
-}
-_RECIPE_RECORD_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String,
-    "tests": pl.String,
-    "entry_point": pl.String,
-    "metadata_extra": pl.String,
-}
+_RECIPE_RECORD_COLUMNS = {c: GENERATED_SCHEMA[c] for c in ("task", "tests", "entry_point", "metadata_extra")}
 _PRIVATE_SCHEMA: dict[str, pl.DataType] = {
     "_recipe": pl.String,
     "_kind": pl.String,

@@ -18,7 +18,7 @@ import phonenumbers
 import polars as pl
 
 from thresher.cleaning.batch import CleanBatch, replace_where
-from thresher.cleaning.pii_ner import NerPersons, candidates
+from thresher.cleaning.pii_ner import CALENDAR_WORDS, NerPersons, candidates
 from thresher.cleaning.pseudonym import PiiKey, load_key, replacements
 from thresher.config import PiiConfig
 
@@ -337,25 +337,7 @@ def _context_phone_valid(candidate: pl.Expr) -> pl.Expr:
 # Capitalized words that a weak cue ("call me", "ask for", a sign-off) may be followed by and that
 # are not names: days, months, greetings, teams and departments.
 _NOT_NAMES = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
+    *CALENDAR_WORDS,
     "Today",
     "Tomorrow",
     "Tonight",

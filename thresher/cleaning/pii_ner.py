@@ -13,14 +13,8 @@ import re
 
 import polars as pl
 
-# Capitalized words that are no evidence of a name: the pronoun, weekdays, months, and the
-# determiners and pronouns that start many sentences after a colon or a quote.
-STOP_WORDS = [
-    "I",
-    "I'm",
-    "I've",
-    "I'd",
-    "I'll",
+# Weekdays and months: capitalized, and never a person's name here.
+CALENDAR_WORDS = [
     "Monday",
     "Tuesday",
     "Wednesday",
@@ -40,6 +34,16 @@ STOP_WORDS = [
     "October",
     "November",
     "December",
+]
+# Capitalized words that are no evidence of a name: the pronoun, weekdays, months, and the
+# determiners and pronouns that start many sentences after a colon or a quote.
+STOP_WORDS = [
+    "I",
+    "I'm",
+    "I've",
+    "I'd",
+    "I'll",
+    *CALENDAR_WORDS,
     "The",
     "A",
     "An",

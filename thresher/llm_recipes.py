@@ -684,6 +684,10 @@ class LLMRecipe(ABC):
         digest = hashlib.sha256(f"{self.name}\x1f{self.seed}\x1f{key}".encode()).hexdigest()
         return int(digest[:12], 16) % n
 
+    def user_turn(self, template: str, **slots: Any) -> Messages:
+        """The conversation most steps send: one user message, the template filled with ``slots``."""
+        return [("user", self.prompts.render(template, **slots))]
+
     def request(self, messages: Messages) -> ChatRequest:
         return ChatRequest(
             messages=tuple(messages),
@@ -849,8 +853,7 @@ class ParaphraseRecipe(LLMRecipe):
     def _produce(self, eligible: pl.DataFrame, run: _Run) -> list[_Made]:
         rows = self.chosen(eligible)
         asks = [
-            (_seed_job(row, row=row), [("user", self.prompts.render("rewrite", instruction=row["_user"]))])
-            for row in rows
+            (_seed_job(row, row=row), self.user_turn("rewrite", instruction=row["_user"])) for row in rows
         ]
         rewritten: list[_Job] = []
         for reply in run.ask(asks):
@@ -930,9 +933,7 @@ class BackTranslationRecipe(LLMRecipe):
 
         def translate(stem: str, replies: Iterable[tuple[_Job, str]]) -> list[tuple[_Job, str]]:
             out = []
-            asks = [
-                (job, [("user", self.prompts.render(stem, text=text, **languages))]) for job, text in replies
-            ]
+            asks = [(job, self.user_turn(stem, text=text, **languages)) for job, text in replies]
             for reply in run.ask(asks):
                 text = single_text(reply.text, "translation")
                 if text is None:
@@ -1010,7 +1011,7 @@ class ReverseInstructionRecipe(LLMRecipe):
         asks = [
             (
                 _seed_job(row, response=row["_answer"]),
-                [("user", self.prompts.render("instruction", response=row["_answer"]))],
+                self.user_turn("instruction", response=row["_answer"]),
             )
             for row in rows
         ]
@@ -1024,7 +1025,7 @@ class ReverseInstructionRecipe(LLMRecipe):
                 written.append(reply.job)
         if self.params.curate:
             curated = []
-            asks = [(job, [("user", self.prompts.render("curate", **self._pair(job)))]) for job in written]
+            asks = [(job, self.user_turn("curate", **self._pair(job))) for job in written]
             for reply in run.ask(asks):
                 score = curation_score(reply.text)
                 if score is None:
@@ -1191,7 +1192,7 @@ class EvolInstructRecipe(LLMRecipe):
             for job in alive:
                 op = p.operations[self.choice(f"{job.seed_ids[0]}\x1f{depth}", len(p.operations))]
                 job.state["operation"] = op
-                asks.append((job, [("user", self.prompts.render(op, instruction=job.state["instruction"]))]))
+                asks.append((job, self.user_turn(op, instruction=job.state["instruction"])))
             evolved = []
             for reply in run.ask(asks):
                 tag = "created" if reply.job.state["operation"] == "broaden" else "rewritten"
@@ -1211,14 +1212,7 @@ class EvolInstructRecipe(LLMRecipe):
                 asks = [
                     (
                         job,
-                        [
-                            (
-                                "user",
-                                self.prompts.render(
-                                    "judge", first=job.state["instruction"], second=job.state["evolved"]
-                                ),
-                            )
-                        ],
+                        self.user_turn("judge", first=job.state["instruction"], second=job.state["evolved"]),
                     )
                     for job in evolved
                 ]
@@ -1362,7 +1356,7 @@ class CodeWorkflowRecipe(LLMRecipe):
         asks = [
             (
                 _Job((), {"topic": topic}),
-                [("user", self.prompts.render("problems", count=per, topic=topic, language=p.language))],
+                self.user_turn("problems", count=per, topic=topic, language=p.language),
             )
             for topic in topics
         ]
@@ -1402,18 +1396,13 @@ class CodeWorkflowRecipe(LLMRecipe):
         asks = [
             (
                 job,
-                [
-                    (
-                        "user",
-                        self.prompts.render(
-                            "tests",
-                            signature=job.state["signature"],
-                            problem=job.state["problem"],
-                            entry_point=job.state["entry_point"],
-                            language=p.language,
-                        ),
-                    )
-                ],
+                self.user_turn(
+                    "tests",
+                    signature=job.state["signature"],
+                    problem=job.state["problem"],
+                    entry_point=job.state["entry_point"],
+                    language=p.language,
+                ),
             )
             for job in testing
         ]
@@ -1545,7 +1534,7 @@ class ToolUseRecipe(LLMRecipe):
         asks = [
             (
                 _Job((), {"tool": name}),
-                [("user", self.prompts.render("requests", tool=self._shown(name), count=per))],
+                self.user_turn("requests", tool=self._shown(name), count=per),
             )
             for name in names
         ]
@@ -1560,14 +1549,7 @@ class ToolUseRecipe(LLMRecipe):
         asks = [
             (
                 job,
-                [
-                    (
-                        "user",
-                        self.prompts.render(
-                            "call", tool=self._shown(job.state["tool"]), request=job.state["request"]
-                        ),
-                    )
-                ],
+                self.user_turn("call", tool=self._shown(job.state["tool"]), request=job.state["request"]),
             )
             for job in requests
         ]
@@ -1587,14 +1569,7 @@ class ToolUseRecipe(LLMRecipe):
         asks = [
             (
                 job,
-                [
-                    (
-                        "user",
-                        self.prompts.render(
-                            "result", tool=self._shown(job.state["tool"]), call=job.state["call"]
-                        ),
-                    )
-                ],
+                self.user_turn("result", tool=self._shown(job.state["tool"]), call=job.state["call"]),
             )
             for job in called
         ]
@@ -1609,14 +1584,7 @@ class ToolUseRecipe(LLMRecipe):
         asks = [
             (
                 job,
-                [
-                    (
-                        "user",
-                        self.prompts.render(
-                            "answer", **{k: job.state[k] for k in ("request", "call", "result")}
-                        ),
-                    )
-                ],
+                self.user_turn("answer", **{k: job.state[k] for k in ("request", "call", "result")}),
             )
             for job in resulted
         ]
@@ -1710,7 +1678,7 @@ class LongContextRecipe(LLMRecipe):
             picked = sorted(int(key.rsplit("\x1f", 1)[1]) for key in order[: p.questions])
             for i in picked:
                 job = _seed_job(row, document=row["_longest"], chunk=i, chunks=len(pieces))
-                asks.append((job, [("user", self.prompts.render("question", chunk=pieces[i]))]))
+                asks.append((job, self.user_turn("question", chunk=pieces[i])))
         asked = []
         for reply in run.ask(asks):
             question = single_text(reply.text, "question")

@@ -508,11 +508,77 @@ class SynthesisConfig(_Section):
     _unique_recipe_names = field_validator("recipes")(lambda cls, v: _unique_names(v, "recipe"))
 
 
+class LintConfig(_Section):
+    """ruff over each code answer before it runs."""
+
+    enabled: bool = True
+    reject: list[str] = Field(
+        default_factory=lambda: ["E9", "F63", "F7", "F82"],
+        description="ruff rule codes (or prefixes) whose findings reject a record as code_lint_error: by "
+        "default the classic CI set, syntax errors, invalid comparisons, misplaced statements and "
+        "undefined names. Other findings are counted and shown, not rejected.",
+    )
+
+
+class RevisionConfig(_Section):
+    """The Llama 3 revision loop: failing code and its error go back to the LLM, the revision is re-tested."""
+
+    max_rounds: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Revisions per failing record; 0 turns the loop off (needs an LLM endpoint).",
+    )
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    max_tokens: int = Field(2048, ge=16)
+
+
+class JudgeConfig(_Section):
+    """An LLM judge scoring records against a rubric (needs an LLM endpoint; skipped without one)."""
+
+    enabled: bool = False
+    rubric: str = Field(
+        "helpfulness", description="A rubric file: a name under thresher/rubrics/ or a path to a YAML file."
+    )
+    tasks: list[str] = Field(default_factory=lambda: ["chat"], description="Task kinds that are judged.")
+    samples: int = Field(1, ge=1, le=10, description="Judgments per record; their mean is the score.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=16)
+    min_score: float | None = Field(
+        None,
+        ge=1.0,
+        le=5.0,
+        description="Records scoring below this are rejected (judge_score_low); null: keep all.",
+    )
+
+
+class StructureChecksConfig(_Section):
+    """Checks of structured answers that need no execution."""
+
+    tool_calls: bool = Field(
+        True, description="Tool-call arguments must validate against the function's JSON Schema."
+    )
+    output_format: bool = Field(
+        True, description="A requested output format (JSON, one label of a fixed set) must be honoured."
+    )
+    paraphrase_min_similarity: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Paraphrased and back-translated instructions must keep at least this chrF similarity "
+        "to their seed (meaning preserved).",
+    )
+
+
 class VerifyConfig(_Section):
     timeout_seconds: float = Field(10.0, gt=0)
     memory_mb: int = Field(512, ge=64)
     workers: int = Field(2, ge=1)
     math_tolerance: float = Field(1e-6, ge=0)
+    lint: LintConfig = LintConfig()
+    revision: RevisionConfig = RevisionConfig()
+    judge: JudgeConfig = JudgeConfig()
+    structure: StructureChecksConfig = StructureChecksConfig()
 
 
 class FormatConfig(_Section):

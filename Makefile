@@ -6,6 +6,7 @@ THRESHER_HOME ?= $(CURDIR)/.thresher
 DEMO_ROWS ?= 10000
 DEMO_SEED ?= 0
 CHROMIUM ?= /usr/bin/chromium
+BWRAP ?= /usr/bin/bwrap
 export THRESHER_HOME
 
 .PHONY: install semantic demo test lint ui clean
@@ -30,19 +31,25 @@ $(CHROMIUM):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-demo: install  ## generate the demo corpus, run every stage through Dagster, print counts
+# Debian's bubblewrap: the namespaces the code sandbox runs untrusted programs in (thresher/sandbox.py).
+# Without it the sandbox still runs, with resource limits only, and every verdict says so.
+$(BWRAP):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap
+
+demo: install $(BWRAP)  ## generate the demo corpus, run every stage through Dagster, print counts
 	$(BIN)/thresher demo-corpus --rows $(DEMO_ROWS) --seed $(DEMO_SEED)
 	$(BIN)/thresher ingest $(THRESHER_HOME)/demo-corpus/files
 	$(BIN)/thresher status
 
-test: install $(VENV)/.semantic $(CHROMIUM)  ## the whole test suite, browser and semantic tests included
+test: install $(VENV)/.semantic $(CHROMIUM) $(BWRAP)  ## the whole test suite, browser and semantic tests included
 	$(BIN)/pytest
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-ui: install  ## the Dagster UI on http://127.0.0.1:3000 with the demo's runs, assets and checks
+ui: install $(BWRAP)  ## the Dagster UI on http://127.0.0.1:3000 with the demo's runs, assets and checks
 	$(BIN)/thresher ui --port 3000
 
 clean:

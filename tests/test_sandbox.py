@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 
+from thresher.adversarial import ADVERSARIAL_SUITE, run_adversarial_suite
 from thresher.sandbox import (
-    ROOT_NOTE,
-    RUNNING_AS_ROOT,
+    SANDBOX_DIR,
     TAIL_CHARS,
     Sandbox,
     SandboxLimits,
@@ -100,19 +99,16 @@ def test_the_environment_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
     result = run("import json, os\nprint(json.dumps(dict(os.environ)))\n")
     env = json.loads(result.stdout)
     assert "hunter2" not in result.stdout
-    assert set(env) == {"PATH", "LANG", "HOME", "PYTHONHASHSEED"}
+    assert set(env) == {"PATH", "LANG", "HOME", "PYTHONHASHSEED", "PWD"}
     assert env["PATH"] == "/usr/bin:/bin"
 
 
-def test_the_working_directory_is_a_fresh_temporary_folder_that_is_removed_afterwards() -> None:
-    result = run(
-        "import os\nopen('scratch.txt', 'w').write('x')\nprint(os.getcwd())\nprint(os.environ['HOME'])\n"
-    )
-    cwd, home = result.stdout.split()
-    assert cwd == home
-    assert cwd != os.getcwd()
-    assert Path(cwd).name.startswith("thresher-sandbox-")
-    assert not Path(cwd).exists()
+def test_the_working_directory_is_a_fresh_private_folder_that_is_gone_afterwards() -> None:
+    first = run("import os\nopen('scratch.txt', 'w').write('x')\nprint(os.getcwd(), os.environ['HOME'])\n")
+    second = run("import os\nprint(os.listdir('.'))\n")
+    cwd, home = first.stdout.split()
+    assert cwd == home == SANDBOX_DIR
+    assert second.stdout.strip() == "['program.py']"  # the scratch file of the first run is gone
 
 
 def test_stdin_is_closed() -> None:
@@ -150,9 +146,41 @@ def test_an_exit_status_without_a_traceback_is_a_plain_failure() -> None:
     assert (result.status, result.exit_code, result.error) == ("failed", 3, "exit status 3")
 
 
-def test_running_as_root_is_noted_because_process_and_hard_limits_do_not_bind_root() -> None:
-    notes = run("pass").notes
-    assert (ROOT_NOTE in notes) == RUNNING_AS_ROOT
+def test_this_host_isolates_fully_so_verdicts_carry_no_isolation_notes() -> None:
+    """CI and the development machines have bubblewrap and a writable cgroup tree (the Makefile installs
+    bubblewrap): a host that lacks either must fail here, not quietly run code unisolated."""
+    result = run("pass")
+    assert result.notes == ()
+    isolation = Sandbox(SandboxLimits(**LIMITS)).isolation
+    assert isolation.namespaces and isolation.cgroups
+    assert "namespaces" in isolation.describe()
+
+
+def test_a_host_without_isolation_says_so_in_every_result() -> None:
+    result = Sandbox(SandboxLimits(**LIMITS), isolate=False).run("print('ran')")
+    assert result.status == "passed"
+    assert result.notes == ("not isolated",)
+
+
+def test_the_program_runs_as_an_unprivileged_user_without_capabilities() -> None:
+    result = run(
+        "import os\nprint(os.getuid(), os.geteuid())\n"
+        "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+    )
+    uids, capabilities = result.stdout.splitlines()
+    assert len(set(uids.split())) == 1 and int(uids.split()[0]) not in (0, os.getuid())
+    assert int(capabilities, 16) == 0
+
+
+@pytest.mark.parametrize("attack", ADVERSARIAL_SUITE, ids=lambda a: a.name)
+def test_the_adversarial_suite_is_contained_with_a_verdict_and_the_run_goes_on(attack) -> None:
+    sandbox = Sandbox(SandboxLimits(timeout_seconds=3.0, memory_mb=256))
+    (verdict,) = run_adversarial_suite(sandbox, (attack,))
+    assert verdict.contained, verdict.host_check
+    assert verdict.status in attack.expected, (verdict.status, verdict.reason)
+    assert verdict.reason
+    # The run goes on: the same sandbox still runs an ordinary program afterwards.
+    assert sandbox.run("print(2 + 2)").stdout == "4\n"
 
 
 def test_run_many_returns_results_in_input_order_and_runs_them_in_parallel() -> None:

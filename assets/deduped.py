@@ -37,6 +37,7 @@ def deduped(
                 run.con, "boilerplate_lines", run.batch, BOILERPLATE_LINES_SCHEMA
             ),
             semantic=_prior_semantic(run.con, run.batch) if dataset.dedup.semantic.enabled else None,
+            quality_scores=_judge_scores(run.con) if dataset.dedup.keep == "quality" else None,
         )
         stage = DedupStage(dataset.dedup, base_dir=Path(thresher.config_path).parent)
         result = stage.run(run.read("raw"), prior)
@@ -44,6 +45,17 @@ def deduped(
         if "contamination" in result.tables or dataset.dedup.decontamination.benchmarks:
             review["contamination_by_benchmark"] = table_metadata(contamination_report(result))
         return run.write(result, extra_metadata=review)
+
+
+def _judge_scores(con: object) -> object:
+    """Each judged record's mean LLM-judge score, from every verified run so far (none yet: None)."""
+    if not st.table_exists(con, "judgments"):
+        return None
+    return st.query(
+        con,
+        "SELECT record_id, avg(judge_score) AS quality_score FROM judgments "
+        "WHERE judge_score IS NOT NULL GROUP BY record_id",
+    )
 
 
 def _prior_semantic(con: object, batch: str) -> object:

@@ -460,6 +460,15 @@ def test_keep_quality_prefers_the_higher_quality_score_and_missing_scores_lose()
     assert detail_of(result)["aaaaaaaaaaaa:1"].endswith("; kept aaaaaaaaaaaa:2: higher quality score")
 
 
+def test_keep_quality_prefers_the_llm_judge_score_over_the_stated_one() -> None:
+    rows = [record(1, "Same question?"), record(2, "same question"), record(3, "SAME QUESTION")]
+    rows[1]["metadata"] = '{"quality_score": 0.9}'
+    judged = pl.DataFrame({"record_id": ["aaaaaaaaaaaa:3", "aaaaaaaaaaaa:2"], "quality_score": [4.5, 2.0]})
+    result = Deduplicator(DedupConfig(keep="quality")).run(frame(*rows), quality_scores=judged)
+    assert result.kept["record_id"].to_list() == ["aaaaaaaaaaaa:3"]
+    assert detail_of(result)["aaaaaaaaaaaa:2"].endswith("; kept aaaaaaaaaaaa:3: higher quality score")
+
+
 def test_keep_quality_ties_fall_back_to_earliest_and_say_so() -> None:
     rows = [record(2, "Same question?"), record(1, "same question")]
     for row in rows:

@@ -227,7 +227,10 @@ class DedupConfig(_Section):
         "conversation", description="Which text two records must share to be duplicates."
     )
     keep: Literal["earliest", "longest", "quality", "source_priority"] = Field(
-        "earliest", description="Which member of a duplicate cluster is kept."
+        "earliest",
+        description="Which member of a duplicate cluster is kept. quality: the highest LLM-judge score "
+        "(verify.judge; scores of earlier verified runs, kept in the judgments table), else the highest "
+        "metadata quality_score.",
     )
     source_priority: list[str] = Field(
         default_factory=list, description="Source file globs, most trusted first (keep: source_priority)."

@@ -558,23 +558,28 @@ def _glob_regex(glob: str) -> str:
     return "^" + fnmatch.translate(glob).replace("\\Z", "\\z")
 
 
-def keep_scores(records: pl.DataFrame, config: DedupConfig) -> np.ndarray:
-    """What the keep rule compares, higher wins: total characters (longest), ``quality_score`` from the
-    metadata JSON (quality; missing or not a number: -inf), minus the index of the first matching
-    source glob (source_priority; a file matching none ranks after all), 0 for earliest."""
+def keep_scores(
+    records: pl.DataFrame, config: DedupConfig, quality_scores: pl.DataFrame | None = None
+) -> np.ndarray:
+    """What the keep rule compares, higher wins: total characters (longest); for quality, the LLM
+    judge's score of the record (``quality_scores``: record_id, quality_score, from the judgments an
+    earlier verified run kept) or else ``quality_score`` from the metadata JSON (missing or not a
+    number: -inf); minus the index of the first matching source glob (source_priority; a file matching
+    none ranks after all); 0 for earliest."""
     if config.keep == "longest":
         chars = pl.col("messages").list.eval(
             pl.element().struct.field("content").str.len_chars().fill_null(0)
         )
         expr = chars.list.sum().fill_null(0).cast(pl.Float64)
     elif config.keep == "quality":
-        expr = (
-            pl.col("metadata")
-            .str.json_path_match("$.quality_score")
-            .cast(pl.Float64, strict=False)
-            .fill_nan(None)
-            .fill_null(float("-inf"))
-        )
+        stated = pl.col("metadata").str.json_path_match("$.quality_score").cast(pl.Float64, strict=False)
+        if quality_scores is not None:
+            judged = quality_scores.select(
+                "record_id", pl.col("quality_score").cast(pl.Float64).alias("_judged")
+            )
+            records = records.join(judged, on="record_id", how="left", maintain_order="left")
+            stated = pl.coalesce(pl.col("_judged"), stated)
+        expr = stated.fill_nan(None).fill_null(float("-inf"))
     elif config.keep == "source_priority":
         globs = config.source_priority
         path = pl.col("source_file").fill_null("")
@@ -697,8 +702,14 @@ class Deduplicator:
         # Earliest accepted first: names the prior record a duplicate is attributed to, deterministically.
         return prior.sort(["batch", "record_id"])
 
-    def run(self, records: pl.DataFrame, prior: pl.DataFrame | None = None) -> StageResult:
-        """Deduplicate ``records`` (one batch) against themselves and against ``prior``."""
+    def run(
+        self,
+        records: pl.DataFrame,
+        prior: pl.DataFrame | None = None,
+        quality_scores: pl.DataFrame | None = None,
+    ) -> StageResult:
+        """Deduplicate ``records`` (one batch) against themselves and against ``prior``; ``quality_scores``
+        (record_id, quality_score) feed the ``quality`` keep rule (see ``keep_scores``)."""
         records = conform(records)
         prior = self._usable_prior(prior, records)
         n, m = records.height, prior.height
@@ -708,7 +719,7 @@ class Deduplicator:
         hashes = exact_hashes(texts)
         turns = turn_texts(records, cfg.normalization) if cfg.scope == "any_turn" else None
         turn_hash = exact_hashes(turns["text"]) if turns is not None else None
-        scores = keep_scores(records, cfg)
+        scores = keep_scores(records, cfg, quality_scores)
         # Global node ids: batch record i -> i, prior index row j -> n + j. ``preference`` (lower is kept)
         # puts prior rows first: they are already in the dataset.
         preference = np.concatenate([m + keep_rank(records, scores), np.arange(m)])

@@ -29,6 +29,8 @@ class PriorIndexes:
     dedup: pl.DataFrame
     boilerplate_lines: pl.DataFrame
     semantic: pl.DataFrame | None = None
+    # record_id, quality_score: LLM judge scores kept by earlier verified runs (the quality keep rule).
+    quality_scores: pl.DataFrame | None = None
 
 
 class DedupStage:
@@ -45,7 +47,7 @@ class DedupStage:
             steps.append(RepetitionFilter(c.repetition).run)
         if c.boilerplate.enabled:
             steps.append(partial(BoilerplateRemover(c.boilerplate).run, prior_lines=prior.boilerplate_lines))
-        steps.append(partial(Deduplicator(c).run, prior=prior.dedup))
+        steps.append(partial(Deduplicator(c).run, prior=prior.dedup, quality_scores=prior.quality_scores))
         if c.decontamination.enabled and c.decontamination.benchmarks:
             steps.append(Decontaminator(c.decontamination, self.base_dir).run)
         if c.semantic.enabled:

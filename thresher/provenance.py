@@ -41,6 +41,15 @@ def _stage_lookup(stage: str, columns: set[str]) -> str:
     return f'(SELECT list({{{fields}}}) FROM "{stage}" WHERE record_id = $1) AS "{stage}"'
 
 
+# The verified stage's per-record evidence, each listed in this order: every code attempt (the
+# original and each LLM revision), the per-test results, the LLM judge's scores.
+VERIFICATION_TABLES = {
+    "verification_attempts": "attempt",
+    "code_test_results": "attempt",
+    "judgments": "judge_rubric",
+}
+
+
 def trace(con: duckdb.DuckDBPyConnection, record_id: str) -> dict[str, Any]:
     """A record's path from its source through every stage, with dedup, synthesis and redaction events.
 
@@ -78,6 +87,12 @@ def trace(con: duckdb.DuckDBPyConnection, record_id: str) -> dict[str, Any]:
         parts.append(
             "(SELECT list(template ORDER BY template) FROM renders WHERE record_id = $1) AS templates"
         )
+    for table, order in VERIFICATION_TABLES.items():
+        if table in layout:
+            parts.append(
+                f"(SELECT list(t ORDER BY {order}) FROM (SELECT * EXCLUDE (batch) FROM {table} "
+                f"WHERE record_id = $1) t) AS {table}"
+            )
     facts = query(con, f"SELECT {', '.join(parts)}", [record_id]).to_dicts()[0]
 
     ledger = {r["stage"]: r for r in facts.get("ledger") or []}
@@ -139,6 +154,9 @@ def trace(con: duckdb.DuckDBPyConnection, record_id: str) -> dict[str, Any]:
         result["redactions"] = facts.get("redactions") or []
     if "renders" in layout:
         result["templates"] = facts.get("templates") or []
+    for table in VERIFICATION_TABLES:
+        if facts.get(table):
+            result[table] = facts[table]
     return result
 
 

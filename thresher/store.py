@@ -69,6 +69,9 @@ INDEXED_COLUMNS: dict[str, tuple[str, ...]] = {
     "synthesis": ("record_id",),
     "redactions": ("record_id",),
     "renders": ("record_id",),
+    "verification_attempts": ("record_id",),
+    "code_test_results": ("record_id",),
+    "judgments": ("record_id",),
 }
 
 

@@ -25,6 +25,7 @@ from thresher.cleaning import redact_preview
 from thresher.config import DatasetConfig
 from thresher.lineage import CheckRun, DatasetRef
 from thresher.lineage import StageRun as LineageRun
+from thresher.llm import LLMClient
 from thresher.quality import SuiteOutcome, check_view, failing_rows, quality_view, validate
 from thresher.stage import StageResult
 
@@ -46,7 +47,7 @@ EXAMPLES_PER_RULE = 3
 PREVIEW_CHARS = 160
 # Modules that publish ``RULE_DESCRIPTIONS`` (ledger rule name -> one sentence for reviewers); a
 # stage's rules get a description in the UI by adding its module here.
-RULE_DESCRIPTION_MODULES = ("thresher.cleaning.rules",)
+RULE_DESCRIPTION_MODULES = ("thresher.cleaning.rules", "thresher.verification.stage")
 ASSETS_DIR = Path(__file__).resolve().parent
 # Columns a stage rewrites (the rest pass through unchanged and get IDENTITY lineage automatically).
 REWRITTEN_COLUMNS = {
@@ -411,6 +412,26 @@ def stage_checks(asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
 def _failure_summary(outcome: SuiteOutcome) -> str:
     broken = "; ".join(f"{o.notes or o.expectation} ({o.unexpected_count} rows)" for o in outcome.failures)
     return f"{len(outcome.failures)} of {len(outcome.outcomes)} expectations failed: {broken}"
+
+
+def llm_usage_metadata(client: LLMClient) -> dict[str, dg.MetadataValue]:
+    """The endpoint and the run's LLM usage as numbers, so the asset page plots tokens, cost and cache
+    hits across materializations."""
+    metadata = {"llm_endpoint": dg.MetadataValue.text(client.generator)}
+    for key, value in client.usage.as_metadata().items():
+        metadata[key] = (
+            dg.MetadataValue.bool(value)
+            if isinstance(value, bool)
+            else dg.MetadataValue.int(value)
+            if isinstance(value, int)
+            else dg.MetadataValue.float(value)
+        )
+    return metadata
+
+
+def notices_metadata(notices: list[str]) -> dg.MetadataValue:
+    """What a stage skipped and how to turn it on, as a markdown list ("none" when nothing was skipped)."""
+    return dg.MetadataValue.md("\n".join(f"- {n}" for n in notices) or "none")
 
 
 def table_metadata(frame: pl.DataFrame) -> dg.MetadataValue:

@@ -6,7 +6,15 @@ import polars as pl
 from assets.cleaned import cleaned
 from assets.partitions import batches
 from assets.run_config import SynthesisOverrides
-from assets.stage_runner import StageRun, stage_checks, stage_config, stage_run, table_metadata
+from assets.stage_runner import (
+    StageRun,
+    llm_usage_metadata,
+    notices_metadata,
+    stage_checks,
+    stage_config,
+    stage_run,
+    table_metadata,
+)
 from pipelines.resources import LLMResource, ThresherResource
 from thresher import store as st
 from thresher.synthesis import Synthesizer, diversity
@@ -46,20 +54,11 @@ def synthetic(
                     strict=False,
                 )
             ),
-            "notices": dg.MetadataValue.md("\n".join(f"- {n}" for n in synthesizer.notices) or "none"),
+            "notices": notices_metadata(synthesizer.notices),
         }
         if client is not None:
             client.close()
-            metadata["llm_endpoint"] = dg.MetadataValue.text(client.generator)
-            # Numbers, so the asset page plots tokens, cost and cache hits across materializations.
-            for key, value in client.usage.as_metadata().items():
-                metadata[key] = (
-                    dg.MetadataValue.bool(value)
-                    if isinstance(value, bool)
-                    else dg.MetadataValue.int(value)
-                    if isinstance(value, int)
-                    else dg.MetadataValue.float(value)
-                )
+            metadata.update(llm_usage_metadata(client))
         return run.write(result, metadata)
 
 

@@ -24,12 +24,10 @@ import hashlib
 import json
 import math
 import re
-import string
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from importlib import resources
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import jsonschema
@@ -38,6 +36,7 @@ import polars as pl
 
 from thresher.hashing import sha256_hex
 from thresher.llm import BUDGET_EXHAUSTED, ChatRequest, LLMClient
+from thresher.prompts import PromptSet
 from thresher.records import MESSAGE, TaskKind
 from thresher.verification import extract_code
 
@@ -81,49 +80,6 @@ class GeneratedBatch:
 
 # ---------------------------------------------------------------------------------------------
 # Templates
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """The template files of one recipe kind, as shipped in ``thresher/prompts/<kind>/``."""
-
-    kind: str
-    texts: Mapping[str, str]  # file stem -> text
-
-    @classmethod
-    def load(cls, kind: str) -> PromptSet:
-        folder = resources.files("thresher.prompts").joinpath(kind)
-        texts = {
-            entry.name.removesuffix(".txt"): entry.read_text(encoding="utf-8")
-            for entry in folder.iterdir()
-            if entry.name.endswith(".txt")
-        }
-        return cls(kind, dict(sorted(texts.items())))
-
-    @property
-    def hash(self) -> str:
-        digest = hashlib.sha256()
-        for stem, text in sorted(self.texts.items()):
-            digest.update(f"{stem}.txt\0{text}\0".encode())
-        return digest.hexdigest()[:12]
-
-    def require(self, slots: Mapping[str, frozenset[str]]) -> None:
-        """Fail at configuration time, not mid-run, when a template is missing or its slots are wrong."""
-        for stem, expected in slots.items():
-            if stem not in self.texts:
-                raise ValueError(f"prompt template {self.kind}/{stem}.txt is missing")
-            try:
-                found = {name for _, name, _, _ in string.Formatter().parse(self.texts[stem]) if name}
-            except ValueError as exc:
-                raise ValueError(f"prompt template {self.kind}/{stem}.txt: {exc} (write {{{{ }}}})") from None
-            if found != expected:
-                raise ValueError(
-                    f"prompt template {self.kind}/{stem}.txt must use exactly the slots "
-                    f"{sorted(expected)}, found {sorted(found)}"
-                )
-
-    def render(self, stem: str, **slots: object) -> str:
-        return self.texts[stem].format_map(slots).strip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +385,7 @@ def chrf(a: str, b: str, max_order: int = 6) -> float:
     return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
 
-def _normalized(text: str) -> str:
+def normalized_instruction(text: str) -> str:
     return _SPACE.sub(" ", text.lower()).strip()
 
 
@@ -861,7 +817,7 @@ class ParaphraseRecipe(LLMRecipe):
             text = single_text(reply.text, "rewritten")
             if text is None:
                 run.drop("unparseable")
-            elif _normalized(text) == _normalized(row["_user"]):
+            elif normalized_instruction(text) == normalized_instruction(row["_user"]):
                 run.drop("unchanged")
             else:
                 reply.job.state["instruction"] = text
@@ -948,7 +904,7 @@ class BackTranslationRecipe(LLMRecipe):
         for job, text in translate("from_pivot", pivoted):
             original = job.state["row"]["_user"]
             similarity = chrf(original, text)
-            if _normalized(text) == _normalized(original):
+            if normalized_instruction(text) == normalized_instruction(original):
                 run.drop("unchanged")
             elif similarity < p.min_similarity:
                 run.drop("similarity_too_low")
@@ -1202,7 +1158,7 @@ class EvolInstructRecipe(LLMRecipe):
                     run.drop("unparseable")
                 elif _PROMPT_WORDING.search(text):
                     run.drop("copied_prompt_wording")
-                elif _normalized(text) == _normalized(reply.job.state["instruction"]):
+                elif normalized_instruction(text) == normalized_instruction(reply.job.state["instruction"]):
                     run.drop("no_information_gain")
                 else:
                     reply.job.state["evolved"] = text

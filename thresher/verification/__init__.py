@@ -21,9 +21,10 @@ from thresher.verification.math_answers import (
     numeric_value,
 )
 from thresher.verification.outcomes import VERDICT_COLUMNS
-from thresher.verification.stage import Verifier
+from thresher.verification.stage import RULE_DESCRIPTIONS, Verifier, pass_rates
 
 __all__ = [
+    "RULE_DESCRIPTIONS",
     "VERDICT_COLUMNS",
     "CodeVerifier",
     "MathVerifier",
@@ -34,4 +35,5 @@ __all__ = [
     "extract_code",
     "final_answer",
     "numeric_value",
+    "pass_rates",
 ]

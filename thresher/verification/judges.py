@@ -37,9 +37,10 @@ import polars as pl
 import yaml
 from scipy import stats
 
+import thresher.llm_recipes as llm_recipes  # a module import: llm_recipes imports thresher.verification
 from thresher.config import JudgeConfig
 from thresher.llm import ChatRequest, ChatResult, LLMClient
-from thresher.llm_recipes import PromptSet, json_object
+from thresher.prompts import PromptSet
 from thresher.verification.outcomes import OUTCOME_SCHEMA, ROW, last_assistant_content
 
 SCORES = (1, 2, 3, 4, 5)
@@ -239,7 +240,7 @@ def parse_score(reply: str) -> Judgment:
     A JSON object with a "score" (fenced or in prose) decides; otherwise the last "[[4]]",
     "[RESULT] 4" or "Score: 4" marker, with the text before it as the rationale.
     """
-    found = json_object(reply)
+    found = llm_recipes.json_object(reply)
     if found is not None and "score" in found:
         return Judgment(score_value(found["score"]), _rationale(found.get("rationale")))
     marks = list(_SCORE_MARK.finditer(reply))
@@ -255,7 +256,7 @@ def parse_verdict(reply: str) -> Judgment:
 
     A JSON object with a "winner" decides; otherwise the last "[[A]]" or "Winner: A" marker.
     """
-    found = json_object(reply)
+    found = llm_recipes.json_object(reply)
     if found is not None and "winner" in found:
         winner = found["winner"]
         # "A", "Assistant A", "tie"

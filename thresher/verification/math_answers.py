@@ -125,7 +125,6 @@ class MathVerifier:
         out = pl.DataFrame(outcomes, schema=OUTCOME_SCHEMA, orient="row")
         counters["math.failed"] += out.filter(pl.col("verdict") == "failed").height
         counters["math.passed"] += out.filter(pl.col("verdict") == "passed").height
-        counters["not_applicable"] += out.filter(pl.col("verdict") == "not_applicable").height
         return out
 
     def _judge(self, row: dict, counters: Counter[str]) -> tuple[str, str | None, str]:

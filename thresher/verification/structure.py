@@ -687,7 +687,7 @@ class StructureVerifier:
             if seed is None or paraphrase is None:
                 counters["structure.paraphrase.seed_missing"] += 1
                 continue
-            if llm_recipes._normalized(paraphrase) == llm_recipes._normalized(seed):
+            if llm_recipes.normalized_instruction(paraphrase) == llm_recipes.normalized_instruction(seed):
                 detail = (
                     "paraphrase is identical to its seed's instruction after normalization (case, whitespace)"
                 )

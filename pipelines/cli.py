@@ -154,6 +154,15 @@ def _trace_text(t: dict[str, Any]) -> str:
             f"  kept over {len(t['duplicates_removed'])} duplicate(s): "
             + ", ".join(d["record_id"] for d in t["duplicates_removed"])
         )
+    for attempt in t.get("verification_attempts", []):
+        by = f" by {attempt['model']} (template {attempt['template_hash']})" if attempt.get("model") else ""
+        outcome = attempt["rule"] or attempt["verdict"]
+        lines.append(f"  code attempt {attempt['attempt']}{by}: {outcome}: {attempt['detail']}")
+    for judgment in t.get("judgments", []):
+        lines.append(
+            f"  judged by {judgment['judge_model']} on rubric {judgment['judge_rubric']} "
+            f"v{judgment['judge_rubric_version']}: score {judgment['judge_score']} ({judgment['judge_status']})"
+        )
     for red in t.get("redactions", []):
         lines.append(
             f"  redacted {red['entity']} in message {red['message_index']} at [{red['start']}, {red['end']})"

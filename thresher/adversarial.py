@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
@@ -238,17 +239,25 @@ def _delete_files(scratch: Path) -> tuple[str, Callable]:
         (keep / f"{i}.txt").write_text(str(i))
     source = _program(
         f"""
-        import os, shutil
-        for path in [{str(keep)!r}, "/usr/bin", "/usr/lib", os.path.dirname(os.__file__)]:
-            shutil.rmtree(path, ignore_errors=True)
+        import os, shutil, sys
+        shutil.rmtree({str(keep)!r}, ignore_errors=True)
+        for path in [sys.executable, os.__file__, "/usr/bin/env", "/etc/passwd"]:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
         raise FileNotFoundError("nothing of the host's files could be deleted")
         """
     )
 
     def check(result: SandboxResult) -> tuple[bool, str]:
         survivors = len(list(keep.iterdir())) if keep.exists() else 0
-        python_ok = Path("/usr/bin").is_dir() and any(Path("/usr/lib").iterdir())
-        return survivors == 3 and python_ok, f"host files left: {survivors} of 3; /usr intact: {python_ok}"
+        system = [Path(sys.executable).resolve(), Path(os.__file__), Path("/usr/bin/env")]
+        intact = all(path.exists() for path in system)
+        return (
+            survivors == 3 and intact,
+            f"host files left: {survivors} of 3; interpreter and /usr intact: {intact}",
+        )
 
     return source, check
 

@@ -106,13 +106,15 @@ class Verifier:
                 self.math.run(maths, counters).cast(OUTCOME_SCHEMA),
             ]
         )
-        structure = self.structure.run(frame, counters, seeds)
+        # What the later verifiers check, and what is kept: the answers as the revision loop left them.
+        revised = with_revised_answers(frame, code_run.answers)
+        structure = self.structure.run(revised, counters, seeds)
         outcomes = [by_task, structure]
         judged = pl.DataFrame(schema=JUDGED_SCHEMA)
         if self.judge is not None:
             # Only what is still in: a judge call for a record already rejected is money spent on nothing.
             rejected_rows = combine([by_task, structure]).filter(pl.col("rule").is_not_null())[ROW]
-            candidates = frame.filter(
+            candidates = revised.filter(
                 task.is_in(self.config.judge.tasks) & ~pl.col(ROW).is_in(rejected_rows.implode())
             )
             judged = self.judge.score(candidates)
@@ -123,7 +125,7 @@ class Verifier:
         verdicts = combine(outcomes)
         # Records no verifier could check (chat without a requested format, code without tests, ...).
         counters["not_applicable"] += verdicts.filter(pl.col("verdict") == "not_applicable").height
-        joined = with_revised_answers(frame.join(verdicts, on=ROW, how="left").sort(ROW), code_run.answers)
+        joined = revised.join(verdicts, on=ROW, how="left").sort(ROW)
         kept = joined.filter(pl.col("rule").is_null()).select(
             *[c for c in records.columns if c not in VERDICT_COLUMNS], *VERDICT_COLUMNS
         )

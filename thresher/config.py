@@ -585,11 +585,62 @@ class VerifyConfig(_Section):
     structure: StructureChecksConfig = StructureChecksConfig()
 
 
+class TokensConfig(_Section):
+    """Token counts with the target model's tokenizer, and what to do with records that do not fit."""
+
+    tokenizers: dict[str, str] = Field(
+        default_factory=lambda: {"mistral": "mistral-v3"},
+        description="Template -> tokenizer that runs offline (thresher/tokens.py lists them). Templates "
+        "without one are counted with `fallback`, marked approximate.",
+    )
+    fallback: str | None = Field(
+        "mistral-tekken", description="Tokenizer for templates without their own; null: no counts for them."
+    )
+    max_tokens: int | None = Field(
+        None, ge=16, description="Longest rendered record (any template); null: no limit."
+    )
+    over_length: Literal["drop", "truncate"] = Field(
+        "drop",
+        description="drop: reject as too_long; truncate: keep the longest prefix of whole turns that fits "
+        "and ends with an assistant turn (rejected when none does).",
+    )
+
+
+class PackingConfig(_Section):
+    """Pack rendered records into fixed-length training sequences (first-fit decreasing)."""
+
+    enabled: bool = False
+    sequence_length: int = Field(4096, ge=64)
+
+
+class ReleaseConfig(_Section):
+    """What a release holds besides the rendered texts."""
+
+    formats: list[Literal["openai_jsonl", "parquet", "sharegpt"]] = Field(
+        default_factory=lambda: ["openai_jsonl", "parquet", "sharegpt"]
+    )
+    loss_masks: bool = Field(True, description="Export assistant-only loss masks per rendered record.")
+    card: bool = Field(True, description="Write the dataset card (README.md) with the release.")
+
+
 class FormatConfig(_Section):
     templates: list[str] = Field(default_factory=lambda: ["llama3", "chatml"], min_length=1)
     default_system_prompt: str | None = None
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.9, "test": 0.1})
     split_seed: int = 0
+    stratify_by: list[Literal["task", "source"]] = Field(
+        default_factory=lambda: ["task", "source"],
+        description="Splits keep each stratum's ratios (task kind, source file).",
+    )
+    near_duplicate_threshold: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Records this similar (MinHash Jaccard of their prompts) always share a split.",
+    )
+    tokens: TokensConfig = TokensConfig()
+    packing: PackingConfig = PackingConfig()
+    release: ReleaseConfig = ReleaseConfig()
 
     @field_validator("splits")
     @classmethod

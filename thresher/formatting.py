@@ -10,14 +10,18 @@ do not alternate), or where a template cannot express a role at all, the record 
 Adding a template family is one small instance (or subclass) in ``TEMPLATES``:
 
 - ``TurnTemplate``: every message, the system one included, is a headed turn
-  (llama3, chatml, phi-3, zephyr).
+  (llama3, chatml, phi-3, zephyr; ``QwenTemplate`` adds Qwen 2.5's default system prompt and tool
+  results, ``GemmaTemplate`` folds the system prompt into the first user turn).
 - ``PreambleTemplate``: a leading system message becomes a plain preamble and only user and
   assistant turns are marked up (mistral, vicuna, alpaca).
+
+Before anything is rendered, a record whose content holds a special token of any family the
+cleaning stage knows (``thresher.cleaning.junk.SPECIAL_TOKENS``) is rejected as
+``special_tokens_in_content``; the round trip stays the backstop.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -28,12 +32,14 @@ from typing import ClassVar
 
 import polars as pl
 
+from thresher.cleaning.junk import SPECIAL_TOKENS
 from thresher.config import FormatConfig
 from thresher.hashing import sha256_hex
 from thresher.records import MESSAGE, ROLES, rejections
 from thresher.stage import StageResult
 
 RULE_RENDER_FAILED = "render_failed"
+RULE_SPECIAL_TOKENS = "special_tokens_in_content"
 
 # Jinja's ``trim`` filter is Python's ``str.strip()``, whose whitespace set differs from Rust's (and so
 # from Polars' default ``strip_chars``): Python also strips the ASCII separators U+001C..U+001F.
@@ -46,12 +52,19 @@ def jinja_trim(expr: pl.Expr) -> pl.Expr:
     return expr.str.strip_chars(PY_WHITESPACE)
 
 
+# Every special token of the cleaning stage's catalogue -> its family (a token belongs to one family).
+_TOKEN_FAMILY: dict[str, str] = {
+    token: family for family, tokens in SPECIAL_TOKENS.items() for token in tokens
+}
+
+
 @dataclass(frozen=True)
 class ChatTemplate(ABC):
     """One model family's chat format, rendered over exploded turns.
 
-    ``render`` hands ``turn`` one row per message (``role``, and ``content`` already trimmed like the
-    reference's ``| trim``) and joins the results per record after ``preamble``.
+    ``render`` hands ``turn`` one record's turns in order (``role``, and ``content`` as
+    ``turn_content`` prepares it) inside a per-record aggregation, so a turn may look at its
+    neighbours with ``shift``; it joins the results per record after ``preamble``.
     """
 
     name: str
@@ -62,30 +75,59 @@ class ChatTemplate(ABC):
 
     # Roles the format can mark up. Anything else is rejected rather than silently dropped or mislabelled.
     roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant"})
-    # Whether a leading system message is folded into a preamble instead of rendered as a turn.
+    # Whether a leading system message is taken out of the turns: written as a plain preamble
+    # (mistral, vicuna, alpaca) or folded into the first user turn (gemma). A later system message
+    # then has no place and is rejected.
     system_as_preamble: ClassVar[bool] = False
+    # Whether the system prompt is only written inside the user turn after it (gemma): a record that
+    # is nothing but a system message would render as nothing, so it is rejected.
+    system_needs_user_turn: ClassVar[bool] = False
+    # Whether the reference raises unless user and assistant turns alternate after an optional system.
+    alternating: ClassVar[bool] = True
 
     @abstractmethod
     def turn(self, role: pl.Expr, content: pl.Expr) -> pl.Expr:
-        """The string one message renders to (``content`` is already trimmed)."""
+        """The string one message renders to (``content`` as ``turn_content`` made it)."""
+
+    def turn_content(self, content: pl.Expr, system: pl.Expr, first: pl.Expr) -> pl.Expr:
+        """What a turn carries of its message: the content trimmed like the reference's ``| trim``.
+
+        ``system`` is the record's leading system content (null without one) and ``first`` whether
+        the turn is the record's first, for a template that folds the system prompt into it.
+        """
+        return jinja_trim(content)
 
     def preamble(self, system: pl.Expr) -> pl.Expr:
         """Text before the first turn; ``system`` is the trimmed leading system content or null."""
         return pl.lit(self.bos_token)
+
+    def expected_messages(self, messages: pl.Expr) -> pl.Expr:
+        """The messages as a render carries them, which is what its parse must give back.
+
+        Here: every content trimmed like the reference's ``| trim`` (surrounding whitespace is what
+        most templates do not keep).
+        """
+        return messages.list.eval(
+            pl.struct(
+                pl.element().struct.field("role"),
+                jinja_trim(pl.element().struct.field("content")).alias("content"),
+            )
+        ).cast(pl.List(MESSAGE))
 
     def literals(self) -> list[str]:
         """Every fixed string the template writes around content (eos already substituted)."""
         return [self.bos_token, self.eos_token]
 
     def special_tokens(self) -> list[str]:
-        """The special-token-shaped markers of the grammar (``<|eot_id|>``, ``</s>``, ``[INST]``, ...).
+        """The special tokens the grammar writes: ``<|eot_id|>``, ``</s>``, ``[INST]``, ``<end_of_turn>``...
 
-        A tokenizer reads these as control tokens wherever they occur, so content holding one cannot
-        round-trip: the parse treats them as terminals that never appear inside a message. Plain-text
-        markers (``USER: ``, ``### Response:``) are not special tokens: content may mention them.
+        These are the tokens of the cleaning stage's catalogue (``SPECIAL_TOKENS``) that occur in the
+        template's fixed strings. A tokenizer reads them as control tokens wherever they occur, so
+        content holding one cannot round-trip: the parse treats them as terminals that never appear
+        inside a message. Plain-text markers (``USER: ``, ``### Response:``) are not special tokens:
+        content may mention them.
         """
-        found = {m for lit in self.literals() for m in SPECIAL_TOKEN.findall(lit)}
-        return sorted(found)
+        return sorted(t for t in _TOKEN_FAMILY if any(t in literal for literal in self.literals()))
 
     def parse_texts(self, texts: pl.DataFrame) -> pl.DataFrame:
         """Parse rendered ``text`` back into messages with the template's grammar, one row per input row.
@@ -114,13 +156,27 @@ class TurnTemplate(ChatTemplate):
     end: str = ""
     # ``{eos}`` in ``end`` stands for the eos token (zephyr ends turns with it).
 
+    # A role's name in its header where the format's name differs from the record's (gemma's ``model``).
+    labels: ClassVar[dict[str, str]] = {}
+
+    def end_marker(self) -> str:
+        """``end`` with the eos token substituted."""
+        return self.end.replace("{eos}", self.eos_token)
+
     def turn(self, role: pl.Expr, content: pl.Expr) -> pl.Expr:
-        end = self.end.replace("{eos}", self.eos_token)
-        return pl.concat_str([pl.lit(self.start), role, pl.lit(self.sep), content, pl.lit(end)])
+        label = role.replace(self.labels) if self.labels else role
+        return pl.concat_str(
+            [pl.lit(self.start), label, pl.lit(self.sep), content, pl.lit(self.end_marker())]
+        )
 
     def literals(self) -> list[str]:
-        end = self.end.replace("{eos}", self.eos_token)
-        return [*super().literals(), *(self.start + role + self.sep + end for role in sorted(self.roles))]
+        headed = (self.start + label + self.sep + self.end_marker() for label in self.header_roles())
+        return [*super().literals(), *headed]
+
+    def header_roles(self) -> dict[str, str]:
+        """Header name -> role, for every role the grammar writes as a headed turn."""
+        roles = self.roles - {"system"} if self.system_as_preamble else self.roles
+        return {self.labels.get(role, role): role for role in sorted(roles)}
 
     def parse_texts(self, texts: pl.DataFrame) -> pl.DataFrame:
         """``bos (start role sep content end)*``: split on the end marker, then read each turn's header.
@@ -128,7 +184,11 @@ class TurnTemplate(ChatTemplate):
         The split is on the whole end marker (``<|im_end|>\n``), so content holding it yields a turn
         without a header; any special token left inside a content is reported by ``_parsed``.
         """
-        end = self.end.replace("{eos}", self.eos_token)
+        return _parsed(self, *self._parse_turns(texts))
+
+    def _parse_turns(self, texts: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """``rows`` and ``turns`` as ``_parsed`` takes them, one turn per headed piece of text."""
+        end = self.end_marker()
         rows = texts.select("record_id", "text").with_row_index("_row")
         body = pl.col("text").str.strip_prefix(self.bos_token)
         rows = rows.with_columns(
@@ -146,20 +206,21 @@ class TurnTemplate(ChatTemplate):
             .select("_row", "piece", pl.int_ranges(0, pl.col("piece").list.len()).alias("message_index"))
             .explode("piece", "message_index")
         )
-        roles = "|".join(pl.escape_regex(r) for r in sorted(self.roles))
-        header = f"^{pl.escape_regex(self.start)}({roles}){pl.escape_regex(self.sep)}(?s:(.*))$"
+        names = self.header_roles()
+        alternatives = "|".join(pl.escape_regex(name) for name in names)
+        header = f"^{pl.escape_regex(self.start)}({alternatives}){pl.escape_regex(self.sep)}(?s:(.*))$"
         groups = pl.col("piece").str.extract_groups(header)
         turns = pieces.select(
             "_row",
             pl.col("message_index").cast(pl.Int64),
-            groups.struct.field("1").alias("role"),
+            groups.struct.field("1").replace(names).alias("role"),
             groups.struct.field("2").alias("content"),
         ).with_columns(
             pl.when(pl.col("role").is_null())
             .then(pl.format("turn {} has no well-formed header", pl.col("message_index") + 1))
             .alias("problem")
         )
-        return _parsed(self, rows, turns)
+        return rows, turns
 
 
 @dataclass(frozen=True)
@@ -171,6 +232,143 @@ class ChatMLTemplate(TurnTemplate):
     """
 
     roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant", "tool"})
+
+
+# How Qwen 2.5 wraps a tool result inside a user turn; consecutive results share the turn.
+_TOOL_OPEN = "<tool_response>\n"
+_TOOL_CLOSE = "\n</tool_response>"
+
+
+@dataclass(frozen=True)
+class QwenTemplate(TurnTemplate):
+    """Qwen 2.5: ChatML turns as Qwen's own template writes them (for messages without tool calls).
+
+    Unlike ``chatml``: contents are not trimmed, a record without a leading system message gets
+    Qwen's default one (which the round trip then expects back), roles need not alternate (a later
+    system message is a turn of its own), and tool results are ``<tool_response>`` blocks in a user
+    turn, consecutive results sharing one turn. Roles outside ``roles`` render as nothing in the
+    reference; they are rejected instead.
+    """
+
+    default_system: str = ""
+
+    roles: ClassVar[frozenset[str]] = frozenset({"system", "user", "assistant", "tool"})
+    alternating: ClassVar[bool] = False
+
+    def turn(self, role: pl.Expr, content: pl.Expr) -> pl.Expr:
+        # ``render`` evaluates this within one record's turns in order: the neighbours are a shift away.
+        opens = role.shift(1).ne_missing(pl.lit("tool"))
+        closes = role.shift(-1).ne_missing(pl.lit("tool"))
+        tool = pl.concat_str(
+            [
+                pl.when(opens).then(pl.lit(self.start + "user")).otherwise(pl.lit("")),
+                pl.lit("\n" + _TOOL_OPEN),
+                content,
+                pl.lit(_TOOL_CLOSE),
+                pl.when(closes).then(pl.lit(self.end_marker())).otherwise(pl.lit("")),
+            ]
+        )
+        return pl.when(role == "tool").then(tool).otherwise(super().turn(role, content))
+
+    def turn_content(self, content: pl.Expr, system: pl.Expr, first: pl.Expr) -> pl.Expr:
+        return content
+
+    def preamble(self, system: pl.Expr) -> pl.Expr:
+        default = pl.lit(self._default_turn())
+        return pl.concat_str(
+            [pl.lit(self.bos_token), pl.when(system.is_null()).then(default).otherwise(pl.lit(""))]
+        )
+
+    def expected_messages(self, messages: pl.Expr) -> pl.Expr:
+        """The messages untrimmed, with Qwen's default system message where the record has none."""
+        default = pl.lit({"role": "system", "content": self.default_system}, dtype=MESSAGE)
+        has_system = (messages.list.first().struct.field("role") == "system").fill_null(False)
+        return (
+            pl.when(has_system)
+            .then(messages)
+            .otherwise(pl.concat_list([default, messages]))
+            .cast(pl.List(MESSAGE))
+        )
+
+    def literals(self) -> list[str]:
+        return [*super().literals(), self._default_turn()]
+
+    def header_roles(self) -> dict[str, str]:
+        return {name: role for name, role in super().header_roles().items() if role != "tool"}
+
+    def _default_turn(self) -> str:
+        return self.start + "system" + self.sep + self.default_system + self.end_marker()
+
+    def parse_texts(self, texts: pl.DataFrame) -> pl.DataFrame:
+        """ChatML turns, where a user turn that is nothing but ``<tool_response>`` blocks is tool results.
+
+        A user message that itself looks like such blocks parses as tool results and so fails the
+        round trip, as does a tool result holding the boundary between two blocks.
+        """
+        rows, turns = self._parse_turns(texts)
+        content = pl.col("content")
+        is_tool = (
+            (pl.col("role") == "user")
+            & content.str.starts_with(_TOOL_OPEN)
+            & content.str.ends_with(_TOOL_CLOSE)
+            & (content.str.len_chars() >= len(_TOOL_OPEN) + len(_TOOL_CLOSE))
+        )
+        blocks = content.str.strip_prefix(_TOOL_OPEN).str.strip_suffix(_TOOL_CLOSE)
+        turns = (
+            turns.with_columns(
+                pl.when(is_tool).then(pl.lit("tool")).otherwise(pl.col("role")).alias("role"),
+                pl.when(is_tool)
+                .then(blocks.str.split(_TOOL_CLOSE + "\n" + _TOOL_OPEN))
+                .otherwise(pl.concat_list(content))
+                .alias("content"),
+            )
+            .explode("content")
+            .with_columns(pl.int_range(pl.len()).over("_row").cast(pl.Int64).alias("message_index"))
+        )
+        return _parsed(self, rows, turns)
+
+
+@dataclass(frozen=True)
+class GemmaTemplate(TurnTemplate):
+    """Gemma: ``<start_of_turn>user`` / ``<start_of_turn>model`` turns, no bos written, no system turn.
+
+    The reference folds a leading system message into the first user turn
+    (``trim(trim(system) + "\n\n" + user)``), which is what the round trip then expects back. Where the
+    reference would write a later system message as a ``system`` turn Gemma does not have, or a record
+    that is only a system message as nothing at all, the record is rejected instead.
+    """
+
+    system_as_preamble: ClassVar[bool] = True
+    system_needs_user_turn: ClassVar[bool] = True
+    labels: ClassVar[dict[str, str]] = {"assistant": "model"}
+
+    def turn_content(self, content: pl.Expr, system: pl.Expr, first: pl.Expr) -> pl.Expr:
+        folded = pl.concat_str([jinja_trim(system), pl.lit("\n\n"), content])
+        return jinja_trim(pl.when(first & system.is_not_null()).then(folded).otherwise(content))
+
+    def expected_messages(self, messages: pl.Expr) -> pl.Expr:
+        """Trimmed contents, a leading system message folded into the message after it."""
+        trimmed = super().expected_messages(messages)
+        system = messages.list.first()
+        first_turn = messages.list.get(1, null_on_oob=True)
+        folded = pl.struct(
+            first_turn.struct.field("role").alias("role"),
+            jinja_trim(
+                pl.concat_str(
+                    [
+                        jinja_trim(system.struct.field("content")),
+                        pl.lit("\n\n"),
+                        first_turn.struct.field("content"),
+                    ]
+                )
+            ).alias("content"),
+        )
+        return (
+            pl.when((system.struct.field("role") == "system").fill_null(False))
+            .then(pl.concat_list([folded, trimmed.list.slice(2)]))
+            .otherwise(trimmed)
+            .cast(pl.List(MESSAGE))
+        )
 
 
 @dataclass(frozen=True)
@@ -337,9 +535,21 @@ TEMPLATES: dict[str, ChatTemplate] = {
         ChatMLTemplate(
             name="chatml", reference="chatml.jinja", start="<|im_start|>", sep="\n", end="<|im_end|>\n"
         ),
+        QwenTemplate(
+            name="qwen2.5",
+            reference="qwen2.5-instruct.jinja",
+            start="<|im_start|>",
+            sep="\n",
+            end="<|im_end|>\n",
+            default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+        ),
         TurnTemplate(name="phi-3", reference="phi-3.jinja", start="<|", sep="|>\n", end="<|end|>\n"),
         TurnTemplate(
             name="zephyr", reference="zephyr.jinja", eos_token="</s>", start="<|", sep="|>\n", end="{eos}\n"
+        ),
+        # The reference writes neither bos nor eos (the tokenizer's are ``<bos>`` and ``<eos>``).
+        GemmaTemplate(
+            name="gemma", reference="gemma-it.jinja", start="<start_of_turn>", sep="\n", end="<end_of_turn>\n"
         ),
         PreambleTemplate(
             name="mistral",
@@ -423,7 +633,11 @@ def _render_problems(turns: pl.DataFrame, template: ChatTemplate) -> pl.DataFram
         .then(pl.format("{} has a role the template cannot express", where))
         .when(pl.lit(template.system_as_preamble) & (role == "system") & (idx > 0))
         .then(pl.format("{} is a system message after the first, which the template cannot place", where))
-        .when(~alternates)
+        .when(
+            pl.lit(template.system_needs_user_turn) & (role == "system") & (pl.len().over("record_id") == 1)
+        )
+        .then(pl.format("{} has no user turn to be folded into, which the template requires", where))
+        .when(pl.lit(template.alternating) & ~alternates)
         .then(pl.format("{} breaks the user/assistant alternation the template requires", where))
     )
     return (
@@ -436,13 +650,18 @@ def _render_problems(turns: pl.DataFrame, template: ChatTemplate) -> pl.DataFram
 
 def render(turns: pl.DataFrame, template: ChatTemplate) -> pl.DataFrame:
     """``record_id``, ``text`` for every record in ``turns`` (which must all be renderable by ``template``)."""
-    content = jinja_trim(pl.col("content"))
     leading_system = (pl.col("message_index") == 0) & (pl.col("role") == "system")
     records = turns.select("record_id").unique(maintain_order=True)
     systems = turns.filter(leading_system).select("record_id", pl.col("content").alias("system"))
     body_rows = turns.filter(~leading_system) if template.system_as_preamble else turns
-    bodies = body_rows.group_by("record_id", maintain_order=True).agg(
-        template.turn(pl.col("role"), content).str.join("").alias("body")
+    content = template.turn_content(pl.col("content"), pl.col("system"), pl.col("first"))
+    bodies = (
+        body_rows.join(systems, on="record_id", how="left", maintain_order="left")
+        .with_columns(
+            (pl.col("message_index") == pl.col("message_index").min().over("record_id")).alias("first")
+        )
+        .group_by("record_id", maintain_order=True)
+        .agg(template.turn(pl.col("role"), content).str.join("").alias("body"))
     )
     return (
         records.join(systems, on="record_id", how="left", maintain_order="left")
@@ -539,6 +758,12 @@ class Formatter:
         unknown = [t for t in config.templates if t not in TEMPLATES]
         if unknown:
             raise ValueError(f"unknown template(s) {unknown}; known: {sorted(TEMPLATES)}")
+        prompt = config.default_system_prompt or ""
+        held = [token for token in _TOKEN_FAMILY if token in prompt]
+        if held:
+            raise ValueError(
+                f"default_system_prompt holds special token(s) {held}: every record would be rejected"
+            )
         self.config = config
         self.templates = [TEMPLATES[t] for t in config.templates]
 
@@ -565,13 +790,22 @@ class Formatter:
     def run(self, records: pl.DataFrame) -> StageResult:
         """Keep every record that all configured templates can render, with its split; reject the rest."""
         records, added = self._with_default_system(records)
+        rows_in = records.height
         turns = explode_turns(records)
+        # Stray special tokens are caught before rendering, for every family and not only the configured
+        # ones: they would otherwise surface as a failed round trip, or not at all where they are another
+        # family's tokens (the release may be rendered for that family later).
+        stray = stray_special_tokens(turns)
+        stray_records = records.join(stray, on="record_id", how="inner", maintain_order="left")
+        records = records.join(stray, on="record_id", how="anti", maintain_order="left")
+        turns = turns.join(stray, on="record_id", how="anti", maintain_order="left")
 
         problems = [
             _render_problems(turns, t).with_columns(pl.lit(t.name).alias("template")) for t in self.templates
         ]
         counters = {
-            f"render_failed.{t.name}": p.height for t, p in zip(self.templates, problems, strict=True)
+            RULE_SPECIAL_TOKENS: stray_records.height,
+            **{f"render_failed.{t.name}": p.height for t, p in zip(self.templates, problems, strict=True)},
         }
         unrenderable = (
             pl.concat(problems)
@@ -609,7 +843,12 @@ class Formatter:
         )
         failed = pl.concat([unrenderable, unparsable])
         bad = records.join(failed, on="record_id", how="inner", maintain_order="left")
-        rejected = rejections(bad, RULE_RENDER_FAILED, pl.col("why"))
+        rejected = pl.concat(
+            [
+                rejections(stray_records, RULE_SPECIAL_TOKENS, pl.col("why")),
+                rejections(bad, RULE_RENDER_FAILED, pl.col("why")),
+            ]
+        )
 
         kept = records.join(failed, on="record_id", how="anti", maintain_order="left")
         kept = kept.with_columns(
@@ -624,7 +863,7 @@ class Formatter:
         if self.config.default_system_prompt is not None:
             counters["system_prompt_added"] = added
         return StageResult(
-            rows_in=records.height,
+            rows_in=rows_in,
             kept=kept,
             rejected=rejected,
             tables={"renders": renders},
@@ -668,13 +907,40 @@ def export_release(kept: pl.DataFrame, renders: pl.DataFrame, out_dir: Path) -> 
 
 
 # --------------------------------------------------------------------------------------------------
+# Special tokens in content, caught before rendering
+
+
+def stray_special_tokens(turns: pl.DataFrame) -> pl.DataFrame:
+    """``record_id``, ``why``: the records whose content holds a special token of any family.
+
+    Any family the cleaning stage knows, not only the configured templates': a tokenizer reads such a
+    string as the control token itself (a turn that ends mid-answer), and the same release may be
+    rendered for another family. ``why`` names the first such message, the token and its family,
+    never the text around it. ``turns`` as ``explode_turns`` makes them.
+    """
+    token = pl.col("token")
+    return (
+        turns.with_columns(_first_token(pl.col("content"), list(_TOKEN_FAMILY)).alias("token"))
+        .filter(token.is_not_null())
+        .group_by("record_id", maintain_order=True)
+        .agg(
+            pl.format(
+                "message {} ({}) holds '{}', a special token of the {} family",
+                pl.col("message_index") + 1,
+                _role_phrase(pl.col("role")),
+                token,
+                token.replace_strict(_TOKEN_FAMILY, return_dtype=pl.String),
+            )
+            .first()
+            .alias("why")
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # Round trip: every render parses back into exactly its record's messages
 
-# Control-token-shaped markers in a template's fixed strings: ``<|...|>``, ``<s>``/``</s>``, ``[INST]``.
-SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]+\|>|</?s>|\[/?[A-Z_]+\]")
-
 _TEXTS_SCHEMA = {"record_id": pl.String, "text": pl.String}
-_PARSED_SCHEMA = {"record_id": pl.String, "messages": pl.List(MESSAGE), "problem": pl.String}
 
 
 def _first_token(content: pl.Expr, tokens: list[str]) -> pl.Expr:
@@ -718,16 +984,6 @@ def _parsed(template: ChatTemplate, rows: pl.DataFrame, turns: pl.DataFrame) -> 
     )
 
 
-def expected_messages(messages: pl.Expr) -> pl.Expr:
-    """The messages as a render carries them: contents trimmed like the reference's ``| trim``."""
-    return messages.list.eval(
-        pl.struct(
-            pl.element().struct.field("role"),
-            jinja_trim(pl.element().struct.field("content")).alias("content"),
-        )
-    ).cast(pl.List(MESSAGE))
-
-
 def roundtrip_ok(
     records: pl.DataFrame, renders: pl.DataFrame, templates: Sequence[str] | None = None
 ) -> pl.DataFrame:
@@ -738,21 +994,26 @@ def roundtrip_ok(
     defaults to those in ``renders``. Returns ``record_id``, ``template``, ``ok``, ``problem``: one
     row per record and template, plus one per render without a record.
 
-    ``ok`` means the parse yields exactly the record's messages: roles and contents in order, the
-    system prompt included, each content trimmed as the template trims it (surrounding whitespace is
-    the one thing no template keeps). What that asks of a record, per family:
+    ``ok`` means the parse yields exactly the record's messages as the template carries them
+    (``ChatTemplate.expected_messages``): roles and contents in order, the system prompt included,
+    each content trimmed as the template trims it (surrounding whitespace is what most templates do
+    not keep; qwen2.5 keeps it and adds its default system prompt where a record has none; gemma
+    folds the system prompt into the first user turn). What that asks of a record, per family:
 
-    - Turn templates (llama3, chatml, phi-3, zephyr) name every role in a header, so the parse is
-      exact unless a content holds the end-of-turn marker.
+    - Turn templates (llama3, chatml, qwen2.5, phi-3, zephyr, gemma) name every role in a header, so
+      the parse is exact unless a content holds the end-of-turn marker (or, for qwen2.5, a user
+      message is nothing but ``<tool_response>`` blocks, which reads as tool results).
     - Preamble templates (mistral, vicuna, alpaca) have no system marker and no role names: the
       system prompt is the text before the first user marker, and roles follow from marker
       positions (user and assistant alternate). Vicuna's and Alpaca's markers are plain text, so a
       content holding a boundary the parser splits on (``"\nASSISTANT: "`` in a user message,
       ``"\n\n### Response:\n"`` in an instruction, ``"\n\nUSER: "`` in a system prompt) is read
       differently and fails; mentioning a marker elsewhere is fine.
-    - Everywhere, special-token-shaped markers (``ChatTemplate.special_tokens``: ``<|eot_id|>``,
-      ``<|im_end|>``, ``</s>``, ``[INST]``, ...) cannot occur in a content: a tokenizer would read
-      them as control tokens, so such a record fails even where the text happens to parse.
+    - Everywhere, the template's special tokens (``ChatTemplate.special_tokens``: ``<|eot_id|>``,
+      ``<|im_end|>``, ``</s>``, ``[INST]``, ``<start_of_turn>``, ...) cannot occur in a content: a
+      tokenizer would read them as control tokens, so such a record fails even where the text
+      happens to parse. (The formatted stage rejects those records before rendering, as
+      ``special_tokens_in_content``; this is the backstop.)
 
     Problems name message positions, roles and template markers, never record text.
     """
@@ -764,13 +1025,13 @@ def roundtrip_ok(
     unknown = [n for n in names if n not in TEMPLATES]
     if unknown:
         raise ValueError(f"unknown template(s) {unknown}; known: {sorted(TEMPLATES)}")
-    expected = records.select("record_id", expected_messages(pl.col("messages")).alias("expected"))
     return pl.concat(
-        [_roundtrip_one(TEMPLATES[n], expected, renders.filter(pl.col("template") == n)) for n in names]
+        [_roundtrip_one(TEMPLATES[n], records, renders.filter(pl.col("template") == n)) for n in names]
     )
 
 
-def _roundtrip_one(template: ChatTemplate, expected: pl.DataFrame, renders: pl.DataFrame) -> pl.DataFrame:
+def _roundtrip_one(template: ChatTemplate, records: pl.DataFrame, renders: pl.DataFrame) -> pl.DataFrame:
+    expected = records.select("record_id", template.expected_messages(pl.col("messages")).alias("expected"))
     parsed = template.parse_texts(renders.select("record_id", "text"))
     parsed = parsed.with_columns(pl.len().over("record_id").alias("n_renders"))
     both = expected.with_row_index("_k").join(

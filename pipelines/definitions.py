@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import cleaned, deduped, formatted, raw, synthetic, verified
+from assets import cleaned, deduped, formatted, inspection, raw, synthetic, verified
 from pipelines.jobs import batch_job, release_job
 from pipelines.resources import resources_for_environment
 from pipelines.schedules import daily_release
@@ -14,7 +14,7 @@ STAGE_MODULES = [raw, deduped, cleaned, synthetic, verified, formatted]
 def build_definitions(resources: dict[str, object]) -> dg.Definitions:
     """Everything Thresher defines, bound to the given resources."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(STAGE_MODULES),
+        assets=dg.load_assets_from_modules([*STAGE_MODULES, inspection]),
         asset_checks=dg.load_asset_checks_from_modules(STAGE_MODULES),
         jobs=[batch_job, release_job],
         sensors=[landing_sensor],

@@ -20,7 +20,8 @@ batch_job = dg.define_asset_job(
 
 release_job = dg.define_asset_job(
     "release_job",
-    selection=dg.AssetSelection.assets("formatted"),
+    selection=dg.AssetSelection.assets("formatted", "inspection"),
     executor_def=dg.in_process_executor,
-    description="Assemble, format, split and export the release from every verified batch.",
+    description="Assemble, format, split and export the release from every verified batch, and draw its "
+    "inspection figures.",
 )

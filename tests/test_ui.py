@@ -64,3 +64,29 @@ def test_a_failing_check_shows_its_failing_rows_redacted(ui: str) -> None:
         )
         assert "[EMAIL]" in body  # the preview is redacted ...
         assert not re.search(r"[\w.+-]+@[\w-]+\.[\w.]+", body)  # ... so no address reaches the page
+
+
+def test_the_inspection_asset_page_shows_the_release_figures(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A release's figures open from the inspection asset's metadata as PNG images embedded in markdown."""
+    home = tmp_path_factory.mktemp("ui-inspection")
+    saved = {k: os.environ.get(k) for k in ("THRESHER_HOME", "DAGSTER_HOME", "THRESHER_CONFIG")}
+    os.environ["THRESHER_HOME"] = str(home)
+    os.environ.pop("THRESHER_CONFIG", None)
+    try:
+        assert cli.main(["demo-corpus", "--rows", "300", "--seed", "5"]) == 0
+        # One batch through every stage, then the release job: formatted and inspection.
+        assert cli.main(["ingest", str(home / "demo-corpus" / "files" / "chat_part1.jsonl")]) == 0
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    assert (home / "release" / "figures" / "funnel.png").exists()
+    with dagster_webserver(home) as url, browser_page() as page:
+        page.goto(f"{url}/assets/inspection", wait_until="networkidle")
+        dismiss_community_dialog(page)
+        page.get_by_text("[Show Markdown]").first.click()
+        image = page.locator('img[src^="data:image/png;base64,"]').first
+        image.wait_for(timeout=30_000)
+        assert image.get_attribute("alt") == "Prompt and response length"
+        assert page.evaluate("img => img.naturalWidth", image.element_handle()) == 800  # it decoded

@@ -11,6 +11,9 @@ from pipelines.resources import ThresherResource
 from thresher import store as st
 from thresher.pictures import FIGURE_TITLES, inspection_figures
 
+# Under THRESHER_HOME; the release copies them into its own folder.
+FIGURES_DIR = "figures"
+
 
 @dg.asset(
     deps=[formatted],
@@ -18,12 +21,12 @@ from thresher.pictures import FIGURE_TITLES, inspection_figures
     kinds={"duckdb", "matplotlib"},
     description="Figures of the release: prompt/response lengths, tokens per template, source, task and "
     "language mix, the rejection funnel from raw to formatted and duplicate cluster sizes. Shown here "
-    "and written as PNGs to THRESHER_HOME/release/figures/ for the dataset card.",
+    "and written as PNGs to THRESHER_HOME/figures/ for the release and its dataset card.",
 )
 def inspection(context: dg.AssetExecutionContext, thresher: ThresherResource) -> dg.MaterializeResult:
     with thresher.store().connect(read_only=True) as con:
         figures = inspection_figures(con, _token_counts(con))
-    folder = thresher.release_dir / "figures"
+    folder = thresher.home_dir / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for name, png in figures.items():
         (folder / f"{name}.png").write_bytes(png)

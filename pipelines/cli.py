@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from pipelines.resources import ThresherResource, resources_for_environment, thresher_home
 from thresher import provenance
-from thresher.store import query, table_exists
 
 # Runs from the CLI log to the Dagster instance in full (see them with `make ui`); the terminal
 # gets warnings and errors only.
@@ -225,23 +225,28 @@ def cmd_checks(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from thresher.formatting import export_release
-    from thresher.sidecar import write_sidecar
+    """Copy the latest release folder (written by the `release` asset) to ``--out``."""
+    from thresher.release import latest_version, verify_release
 
     resource = _resource()
-    out = Path(args.out) if args.out else resource.release_dir
-    with resource.store().connect(read_only=True) as con:
-        if not table_exists(con, "formatted"):
-            print(
-                "thresher export: no release yet; run `thresher ingest` or materialize `formatted`",
-                file=sys.stderr,
-            )
-            return 1
-        kept = query(con, "SELECT * FROM formatted ORDER BY record_id")
-        renders = query(con, "SELECT record_id, template, text FROM renders ORDER BY record_id, template")
-        files = export_release(kept, renders, out) | write_sidecar(con, out)
-    data = {name: str(path) for name, path in files.items()}
-    _emit(args, data, "\n".join(f"wrote {path}" for path in data.values()))
+    version = latest_version(resource.release_dir)
+    if version is None:
+        print(
+            "thresher export: no release yet; run `thresher ingest` or materialize `release`", file=sys.stderr
+        )
+        return 1
+    source = resource.release_dir / version
+    problems = verify_release(source)
+    if problems:
+        print(
+            f"thresher export: release {version} does not match its manifest: {problems[0]}", file=sys.stderr
+        )
+        return 1
+    out = Path(args.out) / version if args.out else source
+    if out != source:
+        shutil.copytree(source, out, dirs_exist_ok=True)
+    data = {"version": version, "path": str(out)}
+    _emit(args, data, f"release {version} at {out}")
     return 0
 
 
@@ -306,10 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failing", action="store_true", help="only failing checks")
     p.add_argument("--rows", action="store_true", help="show failing record ids")
 
-    p = command(
-        "export", cmd_export, "write the release files (JSONL per split and template) and provenance sidecar"
-    )
-    p.add_argument("--out", help="output folder (default THRESHER_HOME/release)")
+    p = command("export", cmd_export, "check the latest release against its manifest and copy it to --out")
+    p.add_argument("--out", help="folder to copy the release version folder into (default: print its path)")
 
     p = command(
         "lineage", cmd_lineage_flush, "send OpenLineage events spooled while the backend was unreachable"

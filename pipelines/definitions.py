@@ -1,8 +1,9 @@
-"""The Dagster code location: the six curation stages with their checks, jobs, sensor and schedule."""
+"""The Dagster code location: the six curation stages with their checks, the inspection figures and the
+release, jobs, sensor and schedule."""
 
 import dagster as dg
 
-from assets import cleaned, deduped, formatted, inspection, raw, synthetic, verified
+from assets import cleaned, deduped, formatted, inspection, raw, release, synthetic, verified
 from pipelines.jobs import batch_job, release_job
 from pipelines.resources import resources_for_environment
 from pipelines.schedules import daily_release
@@ -14,8 +15,8 @@ STAGE_MODULES = [raw, deduped, cleaned, synthetic, verified, formatted]
 def build_definitions(resources: dict[str, object]) -> dg.Definitions:
     """Everything Thresher defines, bound to the given resources."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([*STAGE_MODULES, inspection]),
-        asset_checks=dg.load_asset_checks_from_modules(STAGE_MODULES),
+        assets=dg.load_assets_from_modules([*STAGE_MODULES, inspection, release]),
+        asset_checks=dg.load_asset_checks_from_modules([*STAGE_MODULES, release]),
         jobs=[batch_job, release_job],
         sensors=[landing_sensor],
         schedules=[daily_release],

@@ -20,8 +20,8 @@ batch_job = dg.define_asset_job(
 
 release_job = dg.define_asset_job(
     "release_job",
-    selection=dg.AssetSelection.assets("formatted", "inspection"),
+    selection=dg.AssetSelection.assets("formatted", "inspection", "release"),
     executor_def=dg.in_process_executor,
-    description="Assemble, format, split and export the release from every verified batch, and draw its "
-    "inspection figures.",
+    description="Assemble, format and split the release from every verified batch, draw its inspection "
+    "figures and write the versioned release folder with its dataset card.",
 )

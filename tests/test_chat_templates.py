@@ -24,6 +24,7 @@ from pathlib import Path
 import jinja2
 import polars as pl
 import pytest
+import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tests.conftest import CORPORA
@@ -519,19 +520,15 @@ def test_a_default_system_prompt_holding_a_special_token_is_refused_up_front():
 
 
 def test_a_dataset_configuration_can_list_every_template(tmp_path: Path):
-    demo = (REPO / "configs" / "demo.yaml").read_text(encoding="utf-8")
-    assert "  templates: [llama3, chatml]\n" in demo
-    listed = ", ".join(TEMPLATES)
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     path = tmp_path / "all.yaml"
-    path.write_text(
-        demo.replace("  templates: [llama3, chatml]\n", f"  templates: [{listed}]\n"), encoding="utf-8"
-    )
+    demo["format"]["templates"] = list(TEMPLATES)
+    path.write_text(yaml.safe_dump(demo), encoding="utf-8")
     assert load_config(path).format.templates == list(TEMPLATES)
     assert {"llama3", "chatml", "qwen2.5", "mistral", "gemma", "phi-3", "zephyr", "vicuna", "alpaca"} <= set(
         TEMPLATES
     )
-    path.write_text(
-        demo.replace("  templates: [llama3, chatml]\n", "  templates: [llama3, qwen2]\n"), encoding="utf-8"
-    )
+    demo["format"]["templates"] = ["llama3", "qwen2"]
+    path.write_text(yaml.safe_dump(demo), encoding="utf-8")
     with pytest.raises(ValueError, match=r"unknown template\(s\) \['qwen2'\]"):
         load_config(path)

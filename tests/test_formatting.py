@@ -6,9 +6,8 @@ here the stage around it: rejections, the round trip that guards every render, s
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
+import re
 
 import polars as pl
 import pytest
@@ -20,13 +19,15 @@ from thresher.formatting import (
     Formatter,
     _render_problems,
     explode_turns,
-    export_release,
     prompt_split_conflicts,
     render,
+    render_pieces,
     roundtrip_ok,
-    split_records,
 )
 from thresher.records import RECORD_SCHEMA, conform
+from thresher.release import assign_splits
+from thresher.stage import StageResult
+from thresher.tokens import token_counts
 
 CODE = "Here:\n\n```python\ndef f(x):\n    return {'a': x}  # {{ not jinja }}\n```\n"
 CONVERSATIONS: dict[str, list[dict[str, str]]] = {
@@ -193,6 +194,11 @@ def many_records(n: int = 10_000, seed: int = 1) -> pl.DataFrame:
 RATIOS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 
 
+def split_records(records: pl.DataFrame, ratios: dict[str, float], seed: int) -> pl.Series:
+    """The stage's split assignment (``release.assign_splits``) with these ratios, unstratified."""
+    return assign_splits(records, FormatConfig(splits=ratios, split_seed=seed, stratify_by=[]))
+
+
 def test_split_ratios_are_met_within_tolerance():
     records = many_records()
     splits = split_records(records, RATIOS, seed=0)
@@ -231,49 +237,6 @@ def test_a_zero_ratio_split_gets_nothing_and_a_single_split_gets_everything():
     records = many_records(500)
     assert set(split_records(records, {"train": 1.0, "test": 0.0}, seed=0)) == {"train"}
     assert set(split_records(records, {"all": 1.0}, seed=0)) == {"all"}
-
-
-# --------------------------------------------------------------------------------------------------
-# Export
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
-
-
-def test_export_writes_messages_and_rendered_texts_per_split_that_round_trip(tmp_path: Path):
-    records = frame({k: v for k, v in CONVERSATIONS.items() if k not in {"late_system"}})
-    result = Formatter(FormatConfig(splits={"train": 0.5, "test": 0.5}, split_seed=3)).run(records)
-    paths = export_release(result.kept, result.tables["renders"], tmp_path)
-
-    splits = sorted(set(result.kept["split"]))
-    assert splits == ["test", "train"]
-    assert set(paths) == {f"{kind}/{sp}" for kind in ("messages", "llama3", "chatml") for sp in splits}
-    assert paths["messages/train"] == tmp_path / "messages" / "train.jsonl"
-
-    for split in splits:
-        expected = result.kept.filter(pl.col("split") == split).sort("record_id")
-        lines = read_jsonl(paths[f"messages/{split}"])
-        assert [line["id"] for line in lines] == expected["record_id"].to_list()
-        assert [line["messages"] for line in lines] == expected["messages"].to_list()
-        assert all(set(line) == {"id", "messages"} for line in lines)
-        for template in ("llama3", "chatml"):
-            texts = read_jsonl(paths[f"{template}/{split}"])
-            renders = result.tables["renders"].filter(pl.col("template") == template)
-            want = dict(renders.select("record_id", "text").iter_rows())
-            assert [t["id"] for t in texts] == expected["record_id"].to_list()
-            assert all(t["text"] == want[t["id"]] for t in texts)
-
-
-def test_export_is_byte_identical_across_runs(tmp_path: Path):
-    records = frame(CONVERSATIONS)
-    result = Formatter(FormatConfig(templates=["chatml"])).run(records)
-    first = export_release(result.kept, result.tables["renders"], tmp_path / "one")
-    shuffled = result.kept.sample(fraction=1.0, shuffle=True, seed=1)
-    second = export_release(shuffled, result.tables["renders"].reverse(), tmp_path / "two")
-    assert list(first) == list(second)
-    for key in first:
-        assert first[key].read_bytes() == second[key].read_bytes()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,3 +516,169 @@ def test_records_without_a_user_message_are_their_own_prompt_group():
         pl.Series("split", ["train", "test"])
     )
     assert prompt_split_conflicts(records).to_list() == [1, 1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces, token counts, the max-length policy, loss masks and packing in the stage
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_a_renders_pieces_join_to_the_reference_render_and_locate_every_assistant_content(name: str):
+    kept, _ = formatted(CONVERSATIONS, name)
+    pieces = render_pieces(explode_turns(kept), TEMPLATES[name])
+    assert pieces.columns == [
+        "record_id", "template", "turn_index", "role", "piece", "content_start", "content_end"
+    ]  # fmt: skip
+    joined = dict(pieces.group_by("record_id").agg(pl.col("piece").str.join("")).iter_rows())
+    assert joined == dict(render(explode_turns(kept), TEMPLATES[name]).iter_rows())
+    for record_id, messages in kept.select("record_id", "messages").iter_rows():
+        assert joined[record_id] == reference_render(TEMPLATES[name], messages)
+        for row in pieces.filter(
+            (pl.col("record_id") == record_id) & (pl.col("role") == "assistant")
+        ).iter_rows(named=True):
+            content = messages[row["turn_index"]]["content"]
+            # Qwen 2.5 keeps contents as they are; every other template trims them like Jinja's ``| trim``.
+            expected = content if name == "qwen2.5" else content.strip()
+            assert row["piece"][row["content_start"] : row["content_end"]] == expected
+
+
+def test_pieces_put_a_carried_system_prompt_in_its_own_turn_and_bos_before_the_first_turn():
+    turns = explode_turns(frame({"r": [s(" Be brief. "), u("Hi"), a("Hello")]}))
+    mistral = render_pieces(turns, TEMPLATES["mistral"])
+    assert mistral.select("turn_index", "role", "piece", "content_start", "content_end").rows() == [
+        (0, "system", "<s>Be brief.\n\n", 3, 12),
+        (1, "user", "[INST] Hi [/INST]", 7, 9),
+        (2, "assistant", " Hello</s>", 1, 6),
+    ]
+    llama = render_pieces(turns, TEMPLATES["llama3"])
+    assert llama.select("turn_index", "role", "piece").row(0) == (-1, None, "<|begin_of_text|>")
+    assert render_pieces(turns, TEMPLATES["gemma"])["role"].to_list() == ["user", "assistant"]
+
+
+def measured(config: FormatConfig, conversations: dict[str, list[dict[str, str]]]) -> StageResult:
+    result = Formatter(config).run(frame(conversations))
+    result.check_conservation()
+    return result
+
+
+def test_the_stage_counts_tokens_per_record_and_template_with_the_templates_own_tokenizer_else_the_fallback():
+    config = FormatConfig(templates=["mistral", "llama3"])
+    result = measured(config, CONVERSATIONS)
+    counts = result.tables["token_counts"]
+    assert counts.columns == ["record_id", "template", "tokens", "tokenizer", "approximate"]
+    assert counts.height == 2 * result.kept.height
+    flags = set(counts.select("template", "tokenizer", "approximate").unique().iter_rows())
+    assert flags == {("mistral", "mistral-v3", False), ("llama3", "mistral-tekken", True)}
+    # The per-turn encoding sums to exactly what counting the whole render gives.
+    assert counts.sort("template", "record_id").equals(
+        token_counts(result.tables["renders"], config.tokens).sort("template", "record_id")
+    )
+    for template in ("mistral", "llama3"):
+        tokens = counts.filter(pl.col("template") == template)["tokens"]
+        assert result.counters[f"tokens.{template}.total"] == tokens.sum()
+        assert result.counters[f"tokens.{template}.max"] == tokens.max()
+    assert result.counters["too_long"] == result.counters["truncated"] == 0
+
+
+def test_a_template_without_a_tokenizer_gets_null_counts_and_no_token_counters():
+    config = FormatConfig(templates=["mistral", "llama3"], tokens={"fallback": None})
+    result = measured(config, {"r": [u("Hi"), a("Hello")]})
+    counts = {row[0]: row[1:] for row in result.tables["token_counts"].select(
+        "template", "tokens", "tokenizer", "approximate"
+    ).iter_rows()}  # fmt: skip
+    assert counts["llama3"] == (None, None, None)
+    assert counts["mistral"][1:] == ("mistral-v3", False) and counts["mistral"][0] > 0
+    assert "tokens.llama3.total" not in result.counters and "tokens.mistral.total" in result.counters
+
+
+LENGTHS = {
+    "short": [u("Hi"), a("Hello")],
+    "long": [u("word " * 200), a("answer " * 300)],
+    "long_tail": [s("Be brief."), u("q1"), a("a1"), u("word " * 200), a("answer " * 300)],
+}
+
+
+def test_max_tokens_drop_rejects_records_over_the_limit_as_too_long():
+    config = FormatConfig(templates=["mistral", "llama3"], tokens={"max_tokens": 100})
+    result = measured(config, LENGTHS)
+    assert result.kept["record_id"].to_list() == ["short"]
+    assert result.rejected_by_rule == {"too_long": 2}
+    details = dict(result.rejected.select("record_id", "detail").iter_rows())
+    assert re.fullmatch(
+        r"\d[\d,]* tokens with (mistral|llama3) > max_tokens 100 \(mistral-(v3|tekken(, approximate)?)\)",
+        details["long"],
+    )
+    assert "word" not in details["long"] and "answer" not in details["long"]
+    assert result.counters["too_long"] == 2 and result.counters["truncated"] == 0
+    assert set(result.tables["token_counts"]["record_id"]) == {"short"}
+    assert set(result.tables["renders"]["record_id"]) == {"short"}
+
+
+def test_max_tokens_truncate_keeps_a_prefix_ending_with_an_assistant_turn_rendered_again():
+    config = FormatConfig(
+        templates=["mistral", "llama3"], tokens={"max_tokens": 100, "over_length": "truncate"}
+    )
+    result = measured(config, LENGTHS)
+    assert sorted(result.kept["record_id"]) == ["long_tail", "short"]
+    assert result.rejected_by_rule == {"too_long": 1}
+    assert result.counters["truncated"] == 1 and result.counters["too_long"] == 1
+    cut = result.kept.filter(pl.col("record_id") == "long_tail")["messages"].item().to_list()
+    assert cut == [s("Be brief."), u("q1"), a("a1")]
+    truncated = result.tables["truncated"].row(0, named=True)
+    assert (truncated["record_id"], truncated["messages_before"], truncated["messages_after"]) == (
+        "long_tail",
+        5,
+        3,
+    )
+    renders = result.tables["renders"].filter(pl.col("record_id") == "long_tail")
+    for template, text in renders.select("template", "text").iter_rows():
+        assert text == reference_render(TEMPLATES[template], cut)
+    assert text_of(renders, "long_tail", "llama3").endswith("a1<|eot_id|>")
+    assert text_of(renders, "long_tail", "mistral").endswith(" a1</s>")
+    counts = result.tables["token_counts"].filter(pl.col("record_id") == "long_tail")
+    assert counts.sort("template").equals(token_counts(renders, config.tokens).sort("template"))
+    assert counts["tokens"].max() <= 100 and truncated["tokens_after"] <= 100 < truncated["tokens_before"]
+    detail = result.rejected.filter(pl.col("record_id") == "long")["detail"].item()
+    assert detail.endswith("; no prefix of whole turns ending with an assistant turn fits")
+    assert roundtrip_ok(result.kept, result.tables["renders"])["ok"].all()
+
+
+def test_loss_masks_cover_each_assistant_content_and_its_end_of_turn_token():
+    result = measured(
+        FormatConfig(templates=["llama3", "chatml"]), {"r": [u("Hi"), a("Hello"), u("q"), a("Bye")]}
+    )
+    masks = result.tables["loss_masks"]
+    assert masks.height == 2
+    for row in masks.iter_rows(named=True):
+        text = text_of(result.tables["renders"], "r", row["template"])
+        spans = [text[span["start"] : span["end"]] for span in row["assistant_spans"]]
+        end = "<|eot_id|>" if row["template"] == "llama3" else "<|im_end|>"
+        assert spans == ["Hello" + end, "Bye" + end]
+        assert len(row["assistant_token_spans"]) == 2 and row["tokenizer"] == "mistral-tekken"
+    off = FormatConfig(templates=["llama3"], release={"loss_masks": False})
+    assert "loss_masks" not in measured(off, {"r": [u("Hi"), a("Hello")]}).tables
+
+
+def test_packing_assigns_every_counted_render_to_a_sequence_when_enabled():
+    records = {f"r{i}": [u(f"question {i} " * (i + 1)), a(f"answer {i} " * (3 * i + 1))] for i in range(12)}
+    config = FormatConfig(templates=["llama3", "mistral"], packing={"enabled": True, "sequence_length": 256})
+    result = measured(config, records)
+    packing = result.tables["packing"]
+    assert packing.columns == ["template", "record_id", "tokens", "sequence", "position"]
+    assert (
+        packing.select("template", "record_id", "tokens")
+        .sort("template", "record_id")
+        .equals(
+            result.tables["token_counts"]
+            .select("template", "record_id", "tokens")
+            .sort("template", "record_id")
+        )
+    )
+    per_sequence = packing.group_by("template", "sequence").agg(pl.col("tokens").sum())
+    assert (per_sequence["tokens"] <= 256).all()
+    for template in ("llama3", "mistral"):
+        sequences = packing.filter(pl.col("template") == template)["sequence"].n_unique()
+        assert result.counters[f"packing.{template}.sequences"] == sequences
+        efficiency = result.counters[f"packing.{template}.efficiency_permille"]
+        assert efficiency == round(1000 * result.counters[f"tokens.{template}.total"] / (256 * sequences))
+    assert "packing" not in measured(FormatConfig(templates=["llama3"]), records).tables

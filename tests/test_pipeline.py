@@ -103,7 +103,9 @@ def test_clean_records_reach_the_release(con, truth: list[dict]) -> None:
 def test_planted_pii_is_redacted_everywhere(home: Path, con, truth: list[dict]) -> None:
     values = [e["value"] for t in truth if t["kind"] == "pii" for e in t["entities"]]
     assert values, "the ground truth plants PII"
-    release_text = "".join(p.read_text() for p in (home / "release").rglob("*.jsonl"))
+    release_text = "".join(
+        p.read_text() for pattern in ("*.jsonl", "*.json", "*.md") for p in (home / "release").rglob(pattern)
+    )
     lineage_text = (home / "lineage" / "events.jsonl").read_text()
     cleaned_text = "\n".join(
         st.query(
@@ -225,21 +227,41 @@ def test_every_lineage_event_is_valid(home: Path) -> None:
         assert validate_event(event) == []
 
 
-def test_the_release_is_exported_per_split_and_template(home: Path) -> None:
-    release = home / "release"
-    for folder in ("messages", "llama3", "chatml"):
-        files = sorted((release / folder).glob("*.jsonl"))
-        assert [f.stem for f in files] == ["test", "train"]
-        first = json.loads(files[0].read_text().splitlines()[0])
-        assert "messages" in first if folder == "messages" else "text" in first
+def latest_release(home: Path) -> Path:
+    return home / "release" / (home / "release" / "latest").read_text().strip()
+
+
+def test_the_release_is_versioned_with_every_format_a_manifest_and_a_card(home: Path) -> None:
+    from thresher.release import verify_release
+
+    release = latest_release(home)
+    assert verify_release(release) == []
+    for folder, suffix in (("openai", ".jsonl"), ("parquet", ".parquet"), ("sharegpt", ".json")):
+        assert sorted(f.stem for f in (release / folder).glob(f"*{suffix}")) == [
+            "test",
+            "train",
+            "validation",
+        ]
+    first = json.loads(next((release / "openai").glob("train.jsonl")).read_text().splitlines()[0])
+    assert list(first) == ["messages"]
+    for template in ("llama3", "chatml"):
+        assert sorted(f.stem for f in (release / "rendered" / template).glob("*.jsonl")) == [
+            "test",
+            "train",
+            "validation",
+        ]
+    card = (release / "README.md").read_text()
+    assert card.startswith("---\n") and "## Rejections by rule" in card and "figures/" in card
+    assert sorted(p.name for p in (release / "figures").glob("*.png"))
 
 
 def test_the_release_ships_its_provenance_for_an_auditor_with_duckdb_alone(home: Path) -> None:
     import duckdb
 
-    sidecar = home / "release" / "provenance"
+    release = latest_release(home)
+    sidecar = release / "provenance"
     auditor = duckdb.connect()  # no Thresher, no store: just the files next to the data
-    released = sum(1 for _ in (home / "release" / "messages").glob("*.jsonl") for _ in _.open())
+    released = sum(1 for f in (release / "rendered" / "llama3").glob("*.jsonl") for _ in f.open())
     records = auditor.sql(
         f"SELECT count(*), count(source_file) FROM '{sidecar / 'records.parquet'}'"
     ).fetchall()[0]

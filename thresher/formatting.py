@@ -1,7 +1,8 @@
 """The formatted stage: chat-template rendering, leak-free train/test splits and the release export.
 
 Rendering is vectorized: messages are exploded into one row per turn, each template turns a row into
-its string with ``pl.concat_str`` and the rows are joined back per record. Every template renders
+its string with ``pl.concat_str`` (``render_pieces``: the per-turn pieces token counts and loss masks
+are measured on) and the rows are joined back per record (``render``). Every template renders
 byte-identically to its reference Jinja file in chujiezheng/chat_templates (the oracle the tests run),
 for a training example (``add_generation_prompt`` false). Where the reference would raise (roles that
 do not alternate), or where a template cannot express a role at all, the record is rejected with
@@ -26,15 +27,12 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate
-from pathlib import Path
 from typing import ClassVar
 
 import polars as pl
 
 from thresher.cleaning.junk import SPECIAL_TOKENS
 from thresher.config import FormatConfig
-from thresher.hashing import sha256_hex
 from thresher.records import MESSAGE, ROLES, rejections
 from thresher.stage import StageResult
 
@@ -62,7 +60,7 @@ _TOKEN_FAMILY: dict[str, str] = {
 class ChatTemplate(ABC):
     """One model family's chat format, rendered over exploded turns.
 
-    ``render`` hands ``turn`` one record's turns in order (``role``, and ``content`` as
+    ``render_pieces`` hands ``turn`` one record's turns in order (``role``, and ``content`` as
     ``turn_content`` prepares it) inside a per-record aggregation, so a turn may look at its
     neighbours with ``shift``; it joins the results per record after ``preamble``.
     """
@@ -648,10 +646,43 @@ def _render_problems(turns: pl.DataFrame, template: ChatTemplate) -> pl.DataFram
     )
 
 
-def render(turns: pl.DataFrame, template: ChatTemplate) -> pl.DataFrame:
-    """``record_id``, ``text`` for every record in ``turns`` (which must all be renderable by ``template``)."""
+# Stands in for a turn's content to measure where the content sits in the turn's text: no template
+# literal or role name holds a NUL character.
+_CONTENT_MARK = "\x00"
+
+_PIECES_SCHEMA = {
+    "record_id": pl.String,
+    "template": pl.String,
+    "turn_index": pl.Int64,
+    "role": pl.String,
+    "piece": pl.String,
+    "content_start": pl.Int64,
+    "content_end": pl.Int64,
+}
+
+
+def _content_span(marked: pl.Expr, content: pl.Expr) -> list[pl.Expr]:
+    """``content_start``/``content_end`` of ``content`` in a text ``marked`` renders with the mark for it.
+
+    Characters, not bytes: ``str.split`` and ``len_chars`` (Polars' ``str.find`` gives byte offsets).
+    """
+    start = marked.str.split(_CONTENT_MARK).list.first().str.len_chars().cast(pl.Int64)
+    return [start.alias("content_start"), (start + content.str.len_chars()).alias("content_end")]
+
+
+def render_pieces(turns: pl.DataFrame, template: ChatTemplate) -> pl.DataFrame:
+    """The render of every record in ``turns`` as its pieces, the input ``thresher.tokens.turn_tokens`` takes.
+
+    One row per piece: ``record_id``, ``template``, ``turn_index`` (the message's index), ``role``,
+    ``piece`` (the text the message renders to) and ``content_start``/``content_end`` (characters of
+    ``piece`` holding the content as rendered). A preamble that carries the leading system message
+    (mistral, vicuna, alpaca) is that message's piece; any other non-empty preamble (bos, Qwen's
+    default system turn) is a piece of its own with ``turn_index`` -1 and a null role; a system
+    prompt folded into a user turn (gemma) has no piece. A record's pieces in order join to its
+    ``render``: each is the same expression, evaluated once with the content and once with a mark.
+    """
     leading_system = (pl.col("message_index") == 0) & (pl.col("role") == "system")
-    records = turns.select("record_id").unique(maintain_order=True)
+    order = turns.select("record_id").unique(maintain_order=True).with_row_index("_record")
     systems = turns.filter(leading_system).select("record_id", pl.col("content").alias("system"))
     body_rows = turns.filter(~leading_system) if template.system_as_preamble else turns
     content = template.turn_content(pl.col("content"), pl.col("system"), pl.col("first"))
@@ -661,33 +692,60 @@ def render(turns: pl.DataFrame, template: ChatTemplate) -> pl.DataFrame:
             (pl.col("message_index") == pl.col("message_index").min().over("record_id")).alias("first")
         )
         .group_by("record_id", maintain_order=True)
-        .agg(template.turn(pl.col("role"), content).str.join("").alias("body"))
+        .agg(
+            pl.col("message_index").alias("turn_index"),
+            "role",
+            template.turn(pl.col("role"), content).alias("piece"),
+            *_content_span(template.turn(pl.col("role"), pl.lit(_CONTENT_MARK)), content),
+        )
+        .explode("turn_index", "role", "piece", "content_start", "content_end")
     )
-    return (
-        records.join(systems, on="record_id", how="left", maintain_order="left")
-        .join(bodies, on="record_id", how="left", maintain_order="left")
+    system = jinja_trim(pl.col("system"))
+    marked = template.preamble(pl.when(pl.col("system").is_not_null()).then(pl.lit(_CONTENT_MARK)))
+    carries_system = marked.str.contains(_CONTENT_MARK, literal=True)
+    start, end = _content_span(marked, system)
+    preambles = (
+        order.join(systems, on="record_id", how="left", maintain_order="left")
         .select(
             "record_id",
-            pl.concat_str(
-                [template.preamble(jinja_trim(pl.col("system"))), pl.col("body").fill_null("")]
-            ).alias("text"),
+            pl.when(carries_system).then(0).otherwise(-1).alias("turn_index"),
+            pl.when(carries_system).then(pl.lit("system")).alias("role"),
+            template.preamble(system).alias("piece"),
+            pl.when(carries_system).then(start).alias("content_start"),
+            pl.when(carries_system).then(end).alias("content_end"),
+        )
+        .filter(pl.col("piece") != "")
+    )
+    return (
+        pl.concat([preambles, bodies], how="vertical_relaxed")
+        .join(order, on="record_id", how="left")
+        .sort("_record", "turn_index")
+        .select(
+            "record_id",
+            pl.lit(template.name).alias("template"),
+            *(pl.col(c).cast(t) for c, t in _PIECES_SCHEMA.items() if c not in ("record_id", "template")),
         )
     )
 
 
+def join_pieces(turns: pl.DataFrame, pieces: pl.DataFrame) -> pl.DataFrame:
+    """``record_id``, ``text`` for every record in ``turns``: its ``pieces`` (one template's) joined."""
+    texts = pieces.group_by("record_id", maintain_order=True).agg(pl.col("piece").str.join("").alias("text"))
+    return (
+        turns.select("record_id")
+        .unique(maintain_order=True)
+        .join(texts, on="record_id", how="left", maintain_order="left")
+        .select("record_id", pl.col("text").fill_null(""))
+    )
+
+
+def render(turns: pl.DataFrame, template: ChatTemplate) -> pl.DataFrame:
+    """``record_id``, ``text`` for every record in ``turns`` (which must all be renderable by ``template``)."""
+    return join_pieces(turns, render_pieces(turns, template))
+
+
 # --------------------------------------------------------------------------------------------------
 # Splits
-
-
-def _stable_unit_interval(keys: pl.Series) -> pl.Series:
-    """A number in [0, 1) per key from SHA-256, so assignments survive library upgrades.
-
-    (Polars' ``hash`` is only stable within one Polars version; a split that moves records between
-    train and test on an upgrade would leak evaluation data.)
-    """
-    hashed = sha256_hex(keys)
-    # 13 hex digits = 52 bits: exactly representable as a float64.
-    return (hashed.str.slice(0, 13).str.to_integer(base=16).cast(pl.Float64) / float(16**13)).alias("u")
 
 
 def prompt_group_key(messages: pl.Expr) -> pl.Expr:
@@ -698,42 +756,10 @@ def prompt_group_key(messages: pl.Expr) -> pl.Expr:
     return first_user.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
 
 
-def split_records(records: pl.DataFrame, ratios: dict[str, float], seed: int) -> pl.Series:
-    """The split name of every record, from a stable hash of (seed, normalized first user message).
-
-    Buckets are cumulative ratios in the order ``ratios`` lists them. A record without a user
-    message is grouped by its own id (it shares no prompt with anything).
-    """
-    if not ratios:
-        raise ValueError("at least one split is needed")
-    prompt = prompt_group_key(pl.col("messages"))
-    keys = (
-        records.select("record_id", prompt.alias("prompt"))
-        .select(
-            pl.concat_str(
-                [
-                    pl.lit(f"{seed}\x1f"),
-                    pl.when(pl.col("prompt").is_not_null())
-                    .then(pl.concat_str([pl.lit("p:"), pl.col("prompt")]))
-                    .otherwise(pl.concat_str([pl.lit("id:"), pl.col("record_id")])),
-                ]
-            ).alias("k")
-        )
-        .to_series()
-    )
-    names = list(ratios)
-    bounds = list(accumulate(ratios.values()))
-    # The last bucket takes the rest, so float rounding in the cumulative sum cannot drop a record.
-    bucket: pl.Expr = pl.lit(names[-1])
-    for name, bound in reversed(list(zip(names[:-1], bounds[:-1], strict=True))):
-        bucket = pl.when(pl.col("u") < bound).then(pl.lit(name)).otherwise(bucket)
-    return pl.DataFrame({"u": _stable_unit_interval(keys)}).select(bucket.alias("split"))["split"]
-
-
 def prompt_split_conflicts(records: pl.DataFrame) -> pl.Series:
     """Per record, how many distinct splits hold records of its prompt group (1 means no leakage).
 
-    Groups are ``prompt_group_key`` as ``split_records`` uses it; a record without a user message is
+    Groups are ``prompt_group_key`` as ``release.assign_splits`` uses it; a record without a user message is
     its own group. Needs ``record_id``, ``messages`` and ``split``; a null split counts as one more.
     """
     prompt = prompt_group_key(pl.col("messages"))
@@ -752,7 +778,8 @@ def prompt_split_conflicts(records: pl.DataFrame) -> pl.Series:
 
 
 class Formatter:
-    """Renders verified records with every configured template and assigns splits."""
+    """Renders verified records with every configured template, counts their tokens, applies the
+    max-length policy, measures loss masks and packing, and assigns splits."""
 
     def __init__(self, config: FormatConfig) -> None:
         unknown = [t for t in config.templates if t not in TEMPLATES]
@@ -788,7 +815,9 @@ class Formatter:
         ), int(added or 0)
 
     def run(self, records: pl.DataFrame) -> StageResult:
-        """Keep every record that all configured templates can render, with its split; reject the rest."""
+        """Keep every record that all configured templates can render and that fits ``config.tokens``
+        (truncated where configured), with its split; reject the rest. Tables: ``renders``,
+        ``token_counts``, ``truncated``, and ``loss_masks``/``packing`` when configured."""
         records, added = self._with_default_system(records)
         rows_in = records.height
         turns = explode_turns(records)
@@ -818,10 +847,11 @@ class Formatter:
         )
         renderable = records.join(unrenderable, on="record_id", how="anti", maintain_order="left")
         good_turns = turns.join(unrenderable, on="record_id", how="anti", maintain_order="left")
+        pieces = [render_pieces(good_turns, t) for t in self.templates]
         renders = pl.concat(
             [
-                render(good_turns, t).select("record_id", pl.lit(t.name).alias("template"), "text")
-                for t in self.templates
+                join_pieces(good_turns, p).select("record_id", pl.lit(t.name).alias("template"), "text")
+                for t, p in zip(self.templates, pieces, strict=True)
             ]
         )
         # A render that does not parse back into the same messages (a content holding the template's
@@ -851,10 +881,15 @@ class Formatter:
         )
 
         kept = records.join(failed, on="record_id", how="anti", maintain_order="left")
-        kept = kept.with_columns(
-            split_records(kept, self.config.splits, self.config.split_seed).alias("split")
-        )
         renders = renders.join(failed, on="record_id", how="anti", maintain_order="left")
+        pieces = pl.concat(pieces).join(failed, on="record_id", how="anti", maintain_order="left")
+        measured = self._measure(kept, renders, pieces)
+        rejected = pl.concat([rejected, measured.rejected])
+        # A local import: thresher.release builds on this module's prompt grouping.
+        from thresher.release import assign_splits
+
+        kept = measured.kept.with_columns(assign_splits(measured.kept, self.config).alias("split"))
+        counters.update(measured.counters)
 
         split_counts = kept.group_by("split").len()
         by_split = dict(zip(split_counts["split"].to_list(), split_counts["len"].to_list(), strict=True))
@@ -866,44 +901,79 @@ class Formatter:
             rows_in=rows_in,
             kept=kept,
             rejected=rejected,
-            tables={"renders": renders},
+            tables=measured.tables,
             counters=counters,
         )
 
+    def _measure(self, kept: pl.DataFrame, renders: pl.DataFrame, pieces: pl.DataFrame) -> StageResult:
+        """Token counts, the max-length policy, loss masks and packing over the renders that round-tripped.
 
-# --------------------------------------------------------------------------------------------------
-# Export
+        Returns the records that fit (truncated ones cut and rendered again) and the ``too_long``
+        rejections, with the tables ``renders``, ``token_counts``, ``truncated``, and ``loss_masks`` /
+        ``packing`` when configured. Every text is encoded once, by ``turn_tokens``: the per-record
+        counts are its per-piece counts summed (equal to ``token_counts`` on the renders).
+        """
+        # Imported here: thresher.tokens imports this module for its templates.
+        from thresher.packing import pack
+        from thresher.tokens import apply_max_length, loss_mask_spans, turn_tokens
 
-
-def export_release(kept: pl.DataFrame, renders: pl.DataFrame, out_dir: Path) -> dict[str, Path]:
-    """Write the release files, one JSON object per line, ordered by ``record_id``.
-
-    - ``messages/<split>.jsonl``: ``{"id", "messages": [{"role", "content"}, ...]}`` (OpenAI
-      finetuning format plus the record id for tracing);
-    - ``<template>/<split>.jsonl``: ``{"id", "text"}``.
-
-    Only splits that hold records get files, and files from an earlier export are not removed: give
-    each release a fresh ``out_dir``. Returns ``{"messages/train": path, "llama3/train": path, ...}``.
-    """
-    out_dir = Path(out_dir)
-    written: dict[str, Path] = {}
-    ordered = kept.select("record_id", "split", "messages").sort("record_id")
-    for split in sorted(ordered["split"].unique().to_list()):
-        rows = ordered.filter(pl.col("split") == split)
-        path = out_dir / "messages" / f"{split}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows.select(pl.col("record_id").alias("id"), "messages").write_ndjson(path)
-        written[f"messages/{split}"] = path
-
-    texts = renders.join(kept.select("record_id", "split"), on="record_id", how="inner").sort(
-        "template", "record_id"
-    )
-    for (template, split), rows in texts.group_by("template", "split", maintain_order=True):
-        path = out_dir / str(template) / f"{split}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows.select(pl.col("record_id").alias("id"), "text").write_ndjson(path)
-        written[f"{template}/{split}"] = path
-    return dict(sorted(written.items()))
+        config = self.config.tokens
+        turns = turn_tokens(pieces, config)
+        limited = apply_max_length(kept, turns, config)
+        cut = limited.tables["truncated"].select("record_id")
+        if cut.height:
+            # A cut record is rendered and counted again, from its kept (cut) messages.
+            cut_turns = explode_turns(limited.kept.join(cut, on="record_id", how="semi"))
+            cut_pieces = [render_pieces(cut_turns, t) for t in self.templates]
+            renders = pl.concat(
+                [
+                    renders.join(cut, on="record_id", how="anti", maintain_order="left"),
+                    *(
+                        join_pieces(cut_turns, p).select(
+                            "record_id", pl.lit(t.name).alias("template"), "text"
+                        )
+                        for t, p in zip(self.templates, cut_pieces, strict=True)
+                    ),
+                ]
+            )
+            turns = pl.concat(
+                [
+                    turns.join(cut, on="record_id", how="anti", maintain_order="left"),
+                    turn_tokens(pl.concat(cut_pieces), config),
+                ]
+            )
+        kept_ids = limited.kept.select("record_id")
+        renders = renders.join(kept_ids, on="record_id", how="semi", maintain_order="left")
+        masks = loss_mask_spans(turns.join(kept_ids, on="record_id", how="semi", maintain_order="left"))
+        counts = masks.select("record_id", "template", "tokens", "tokenizer", "approximate")
+        tables = {"renders": renders, "token_counts": counts, "truncated": limited.tables["truncated"]}
+        if self.config.release.loss_masks:
+            tables["loss_masks"] = masks
+        counters = dict(limited.counters)
+        # Templates without a tokenizer have no counts, so no token counters.
+        totals = counts.group_by("template", maintain_order=True).agg(
+            pl.col("tokens").sum().alias("total"), pl.col("tokens").max().alias("max")
+        )
+        for template, total, longest in totals.filter(pl.col("max").is_not_null()).iter_rows():
+            counters[f"tokens.{template}.total"] = total
+            counters[f"tokens.{template}.max"] = longest
+        if self.config.packing.enabled:
+            # Renders without counts (no tokenizer) cannot be packed.
+            packing = pack(counts.filter(pl.col("tokens").is_not_null()), self.config.packing.sequence_length)
+            tables["packing"] = packing.assignments
+            for row in packing.summary.iter_rows(named=True):
+                counters[f"packing.{row['template']}.sequences"] = row["sequences"]
+                counters[f"packing.{row['template']}.efficiency_permille"] = round(1000 * row["efficiency"])
+            too_long = packing.too_long.group_by("template").len()
+            for template, n in too_long.iter_rows():
+                counters[f"packing.{template}.too_long"] = n
+        return StageResult(
+            rows_in=kept.height,
+            kept=limited.kept,
+            rejected=limited.rejected,
+            tables=tables,
+            counters=counters,
+        )
 
 
 # --------------------------------------------------------------------------------------------------

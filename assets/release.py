@@ -9,13 +9,12 @@ import duckdb
 import polars as pl
 
 from assets.inspection import FIGURES_DIR, inspection
-from assets.stage_runner import table_metadata
+from assets.stage_runner import rule_descriptions, table_metadata
 from pipelines.resources import ThresherResource
 from thresher import store as st
 from thresher.card import card_facts, render_card
 from thresher.release import split_leaks, verify_release, write_release
 from thresher.sidecar import write_sidecar
-from thresher.verification import RULE_DESCRIPTIONS
 
 
 @dg.asset(
@@ -58,7 +57,7 @@ def release(context: dg.AssetExecutionContext, thresher: ThresherResource) -> dg
                         token_counts=counts,
                         leaks=leaks,
                         figures={png.stem: f"figures/{png.name}" for png in figures},
-                        rule_descriptions=RULE_DESCRIPTIONS,
+                        rule_descriptions=rule_descriptions(),
                     )
                 )
             )

@@ -262,13 +262,13 @@ def test_templates_without_a_tokenizer_are_left_out_of_the_token_figure() -> Non
 # --- the asset -------------------------------------------------------------------------------------
 
 
-def test_the_inspection_asset_embeds_every_figure_and_writes_them_beside_the_release(home: Path) -> None:
+def test_the_inspection_asset_embeds_every_figure_and_writes_them_for_the_release(home: Path) -> None:
     resource = ThresherResource(home=str(home), config_path=str(DEFAULT_CONFIG))
     result = dg.materialize([inspection], resources={"thresher": resource})
     assert result.success
     (materialization,) = result.asset_materializations_for_node("inspection")
     metadata = materialization.metadata
-    folder = home / "release" / "figures"
+    folder = home / "figures"
     for name, title in FIGURE_TITLES.items():
         markdown = metadata[name].value
         prefix = f"![{title}](data:image/png;base64,"

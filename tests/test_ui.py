@@ -81,7 +81,7 @@ def test_the_inspection_asset_page_shows_the_release_figures(
     finally:
         for key, value in saved.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-    assert (home / "release" / "figures" / "funnel.png").exists()
+    assert (home / "figures" / "funnel.png").exists()
     with dagster_webserver(home) as url, browser_page() as page:
         page.goto(f"{url}/assets/inspection", wait_until="networkidle")
         dismiss_community_dialog(page)

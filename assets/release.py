@@ -87,7 +87,10 @@ def release(context: dg.AssetExecutionContext, thresher: ThresherResource) -> dg
 
 
 def _side_table(con: duckdb.DuckDBPyConnection, name: str) -> pl.DataFrame | None:
-    return st.query(con, f"SELECT * FROM {name}") if st.table_exists(con, name) else None
+    """A side table of the formatted stage, without the store's own ``batch`` column."""
+    if not st.table_exists(con, name):
+        return None
+    return st.query(con, f"SELECT * EXCLUDE (batch) FROM {name}")
 
 
 @dg.asset_check(

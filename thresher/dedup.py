@@ -642,8 +642,9 @@ def _fraction(sim: pl.Expr) -> pl.Expr:
     )
 
 
-def _components(size: int, edges: np.ndarray, preference: np.ndarray) -> np.ndarray:
-    """For each node, the node of its connected component with the lowest preference."""
+def component_heads(size: int, edges: np.ndarray, preference: np.ndarray) -> np.ndarray:
+    """For each node, the node of its connected component (over ``edges``, pairs of node indexes) with
+    the lowest preference: dedup's clusters and the release's prompt groups."""
     if size == 0:
         return np.empty(0, dtype=np.int64)
     graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(size, size))
@@ -668,7 +669,7 @@ def _exact_parents(node: np.ndarray, key: np.ndarray, preference: np.ndarray) ->
         .with_columns(pl.col("node").sort_by("pref").first().over("key").alias("head"))
         .filter(pl.col("node") != pl.col("head"))
     )
-    return _components(size, pairs.select("node", "head").to_numpy(), preference)
+    return component_heads(size, pairs.select("node", "head").to_numpy(), preference)
 
 
 def _signature_matrix(column: pl.Series, num_perm: int) -> np.ndarray:
@@ -825,7 +826,7 @@ class Deduplicator:
         small, large = np.sort(sizes[pairs], axis=1).T if len(pairs) else (np.empty(0), np.empty(0))
         plausible = pairs[small >= mh.threshold * large - 1e-9]
         confirmed = plausible[pair_jaccard(set_offsets, set_values, plausible) >= mh.threshold - 1e-12]
-        head = _components(len(node_global), confirmed, node_preference)[: len(reps)]
+        head = component_heads(len(node_global), confirmed, node_preference)[: len(reps)]
         to_head = np.stack([np.arange(len(reps)), head], axis=1)
         moved = head != np.arange(len(reps))
         final[reps] = node_global[head]

@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
 from thresher.cleaning.langid import confident_languages
-from thresher.cleaning.rules import _CODE_BLOCK, LanguageRule
+from thresher.cleaning.rules import LanguageRule
 from thresher.provenance import status
 from thresher.store import STAGES, query, table_exists
 
@@ -499,14 +499,7 @@ def identify_languages(texts: pl.DataFrame) -> pl.DataFrame:
     """``record_id`` and ``language`` (null when fastText is not confident) of records given as
     ``record_id``, ``dialogue`` (user and assistant turns joined), read the way the cleaned stage's
     ``LanguageRule`` reads them: fenced code cut out, whitespace collapsed, the first characters only."""
-    text = (
-        pl.col("dialogue")
-        .fill_null("")
-        .str.replace_all(_CODE_BLOCK, " ")
-        .str.replace_all(r"\s+", " ")
-        .str.strip_chars()
-        .str.slice(0, LanguageRule.max_chars)
-    )
+    text = LanguageRule.text_to_identify(pl.col("dialogue").fill_null(""))
     prepared = texts.select("record_id", text.alias("text"))
     labels = (
         confident_languages(prepared["text"].to_list(), LanguageRule.min_probability) if texts.height else []

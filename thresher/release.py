@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from thresher.config import FormatConfig, MinHashConfig, NormalizationConfig
-from thresher.dedup import _components, near_duplicate_pairs, normalize
+from thresher.dedup import component_heads, near_duplicate_pairs, normalize
 from thresher.formatting import prompt_group_key
 from thresher.hashing import sha256_hex
 from thresher.records import MESSAGE
@@ -93,7 +93,7 @@ def prompt_components(records: pl.DataFrame, threshold: float) -> pl.DataFrame:
     distinct = _distinct_prompts(groups)
     pairs = near_duplicate_prompts(distinct["prompt"], threshold)
     # Nodes are sorted by key, so the lowest-preference node of a component is its smallest key.
-    head = _components(distinct.height, pairs.select("i", "j").to_numpy(), np.arange(distinct.height))
+    head = component_heads(distinct.height, pairs.select("i", "j").to_numpy(), np.arange(distinct.height))
     component = distinct.select("group", distinct["group"].gather(head).alias("component"))
     return groups.join(component, on="group", how="left", maintain_order="left").select(
         "record_id", "group", pl.coalesce("component", "group").alias("component")

@@ -1037,14 +1037,19 @@ class LanguageRule:
         self.min_chars = min_chars
         self.checked = 0
 
-    def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
-        text = (
-            pl.col("dialogue")
-            .str.replace_all(_CODE_BLOCK, " ")
+    @classmethod
+    def text_to_identify(cls, dialogue: pl.Expr) -> pl.Expr:
+        """What fastText reads of a record's user + assistant text: fenced code cut out, whitespace
+        collapsed, the first ``max_chars`` characters."""
+        return (
+            dialogue.str.replace_all(_CODE_BLOCK, " ")
             .str.replace_all(r"\s+", " ")
             .str.strip_chars()
-            .str.slice(0, self.max_chars)
+            .str.slice(0, cls.max_chars)
         )
+
+    def evaluate(self, features: pl.DataFrame) -> pl.DataFrame:
+        text = self.text_to_identify(pl.col("dialogue"))
         todo = features.filter(pl.col("task").fill_null("") != "code").select("_row", text.alias("text"))
         todo = todo.filter(pl.col("text").str.len_chars() >= max(self.min_chars, 1))
         self.checked += todo.height

@@ -15,13 +15,11 @@ import pytest
 
 import thresher.verification.code as code_module
 from tests.chat_server import ChatServer
-from thresher.config import VerifyConfig
+from tests.test_verification import verdicts, verify
 from thresher.hashing import sha256_hex
 from thresher.llm import Endpoint, LLMClient, ResponseCache
 from thresher.llm_recipes import PromptSet
-from thresher.records import conform
 from thresher.stage import StageResult
-from thresher.verification import Verifier
 from thresher.verification.code import read_report
 from thresher.verification.revision import VERIFICATION_ATTEMPTS_SCHEMA, revision_seed
 
@@ -47,19 +45,6 @@ def record(
         "source_line": int(record_id.rsplit(":", 1)[-1]) + 1,
         **fields,
     }
-
-
-def verify(rows: list[dict[str, Any]], llm: LLMClient | None = None, **config: Any) -> StageResult:
-    result = Verifier(VerifyConfig(**config), llm).run(conform(pl.DataFrame(rows)))
-    result.check_conservation()
-    return result
-
-
-def verdicts(result: StageResult) -> dict[str, tuple[str, str]]:
-    """record_id -> (verdict or rule, detail) over kept and rejected records."""
-    kept = {r["record_id"]: (r["verdict"], r["verdict_detail"]) for r in result.kept.iter_rows(named=True)}
-    rejected = {r["record_id"]: (r["rule"], r["detail"]) for r in result.rejected.iter_rows(named=True)}
-    return kept | rejected
 
 
 def code_result(answer: str, tests: str = ADD_TESTS, **config: Any) -> tuple[str, str]:

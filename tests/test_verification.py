@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import CORPORA
 from thresher.config import VerifyConfig
+from thresher.llm import LLMClient
 from thresher.records import conform
 from thresher.stage import StageResult
 from thresher.verification import (
@@ -62,8 +63,8 @@ def record(
     }
 
 
-def verify(rows: list[dict[str, Any]], **config: Any) -> StageResult:
-    result = Verifier(VerifyConfig(**config)).run(conform(pl.DataFrame(rows)))
+def verify(rows: list[dict[str, Any]], llm: LLMClient | None = None, **config: Any) -> StageResult:
+    result = Verifier(VerifyConfig(**config), llm).run(conform(pl.DataFrame(rows)))
     result.check_conservation()
     return result
 

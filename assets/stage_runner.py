@@ -47,7 +47,7 @@ EXAMPLES_PER_RULE = 3
 PREVIEW_CHARS = 160
 # Modules that publish ``RULE_DESCRIPTIONS`` (ledger rule name -> one sentence for reviewers); a
 # stage's rules get a description in the UI by adding its module here.
-RULE_DESCRIPTION_MODULES = ("thresher.cleaning.rules", "thresher.verification.stage")
+RULE_DESCRIPTION_MODULES = ("thresher.cleaning.rules", "thresher.verification.stage", "thresher.formatting")
 ASSETS_DIR = Path(__file__).resolve().parent
 # Columns a stage rewrites (the rest pass through unchanged and get IDENTITY lineage automatically).
 REWRITTEN_COLUMNS = {

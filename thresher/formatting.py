@@ -38,6 +38,15 @@ from thresher.stage import StageResult
 
 RULE_RENDER_FAILED = "render_failed"
 RULE_SPECIAL_TOKENS = "special_tokens_in_content"
+# Ledger rule -> one sentence for reviewers (shown with the counts in the UI and the dataset card);
+# ``too_long`` is thresher.tokens' rule, applied by this stage.
+RULE_DESCRIPTIONS = {
+    RULE_RENDER_FAILED: "a chat template cannot express the conversation (the reference would raise), or "
+    "the render does not parse back into its messages",
+    RULE_SPECIAL_TOKENS: "a message holds a special or control token of a chat-template family",
+    "too_long": "longer than format.tokens.max_tokens with some template (over_length: drop), or no cut "
+    "at a turn boundary fits (over_length: truncate)",
+}
 
 # Jinja's ``trim`` filter is Python's ``str.strip()``, whose whitespace set differs from Rust's (and so
 # from Polars' default ``strip_chars``): Python also strips the ASCII separators U+001C..U+001F.
